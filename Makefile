@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine:
+#   make test   create .venv if missing, install, lint, run the test suite (offline)
+#   make demo   create .venv if missing, install, run the embedded-default grid, write tables/plots
+# On a GPU machine install your own torch first (or override TORCH_SPEC), e.g.
+#   make install TORCH_SPEC="torch==2.5.1" (any CUDA build you already have is kept if it satisfies it)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
+PIP_QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
+DEMO_ARGS ?=
+
+.PHONY: venv install test test-fast lint demo tables clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.10+)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_QUIET)
+	$(PY) -m pip install -q -e ".[dev,wandb]" $(PIP_QUIET)
+	$(PY) -c "import torch, transformers, hydra, reft_exp; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check reft_exp tests benchmarks
+
+test: $(STAMP) lint
+	$(OFFLINE) $(PY) -m pytest -q --timeout=900 tests
+
+test-fast: $(STAMP)
+	$(OFFLINE) $(PY) -m pytest -q -m "not slow" tests
+
+demo: $(STAMP)
+	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke $(DEMO_ARGS)
+	@echo "results records: results/runs/   (one JSON per grid cell)"
+
+clean:
+	rm -rf outputs multirun results/runs results/cache results/tables results/plots .pytest_cache .ruff_cache

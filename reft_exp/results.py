@@ -1,0 +1,67 @@
+"""Results records: one JSON file per grid cell under ``results/runs/``, written atomically."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from reft_exp.config import RunConfig
+from reft_exp.utils import atomic_write_json, hardware, versions
+
+# Bump when the record layout changes incompatibly; readers refuse records from another major version.
+RECORD_VERSION = 1
+
+
+def cell_id(cfg: RunConfig) -> str:
+    c = cfg.coordinates
+    cid = f"{c['model']}__{c['dataset']}__{c['cot']}__{c['method']}__{c['inference']}__seed{c['seed']}"
+    return f"{cid}__{cfg.root.tag}" if cfg.root.tag else cid
+
+
+def record_path(cfg: RunConfig) -> Path:
+    return Path(cfg.paths.runs_dir) / f"{cell_id(cfg)}.json"
+
+
+def build_record(cfg: RunConfig, method_out: dict[str, Any], inference_out: dict[str, Any],
+                 timings: dict[str, float], stages: dict[str, dict]) -> dict[str, Any]:
+    train = method_out.get("train", {})
+    return {
+        "record_version": RECORD_VERSION,
+        "cell_id": cell_id(cfg),
+        "status": "complete",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "coordinates": cfg.coordinates,
+        "accuracy": inference_out["accuracy"],  # the cell's number for the tables (percent 0-100 in tables)
+        "best_accuracy": train.get("best_accuracy"),
+        "best_epoch": train.get("best_epoch"),
+        "final_accuracy": train.get("final_accuracy"),
+        "inference": inference_out,
+        "epochs": train.get("epochs", []),
+        "method": {k: v for k, v in method_out.items() if k != "train"},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "stages": stages,
+        "versions": versions(),
+        "hardware": hardware(),
+        "config": OmegaConf.to_container(cfg.raw, resolve=True),
+    }
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(path, record)
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        rec = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a valid results record ({err})") from None
+    version = rec.get("record_version")
+    if version != RECORD_VERSION:
+        raise ValueError(f"{path}: results record version {version!r}, this reft_exp reads version "
+                         f"{RECORD_VERSION}; re-run the cell or use a matching reft_exp version")
+    return rec

@@ -1,0 +1,64 @@
+"""The ReFT actor-critic: the causal LM policy plus a value head.
+
+``critic_shared=True`` (upstream): the value head is a fresh ``Linear(hidden, 1)`` on the policy's last
+hidden state, so one forward pass gives logits and values. ``critic_shared=False`` (the paper's ablation):
+a separate value model (a copy of the warm-up LM) carries the head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reft_exp.rl.ppo_core import logprobs_from_logits
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Upstream RL turns dropout off (Llama has none; Galactica/OPT has 0.1)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+class PolicyWithValue(nn.Module):
+    def __init__(self, lm: nn.Module, value_lm: nn.Module | None = None):
+        super().__init__()
+        self.lm = lm
+        self.value_lm = value_lm
+        hidden = (value_lm or lm).config.hidden_size
+        self.v_head = nn.Linear(hidden, 1)
+        self.v_head.to(dtype=torch.float32)
+
+    def forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, L, V], values [B, L])``; the value at position i is V of the state after token i."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      output_hidden_states=self.value_lm is None)
+        if self.value_lm is None:
+            hidden = out.hidden_states[-1]
+        else:
+            hidden = self.value_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   output_hidden_states=True).hidden_states[-1]
+        values = self.v_head(hidden.float()).squeeze(-1)
+        return out.logits, values
+
+    def save_value_head(self, folder: str | Path) -> None:
+        torch.save(self.v_head.state_dict(), Path(folder) / "value_head.pt")
+
+
+def response_logprobs_values(model: nn.Module, ro, with_values: bool = True):
+    """Log-probs ``[B, R]`` of the response tokens (and values ``[B, R]`` of the states they are taken in).
+
+    The action emitting response token ``t`` (column ``P + t``) is taken at position ``P + t - 1``.
+    ``model`` is a :class:`PolicyWithValue` (or wrapped one) when ``with_values``, else a plain causal LM.
+    """
+    p = ro.prompt_width
+    if with_values:
+        logits, values = model(ro.input_ids, ro.attention_mask, ro.position_ids)
+        values = values[:, p - 1 : -1]
+    else:
+        logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids).logits
+        values = None
+    logp = logprobs_from_logits(logits[:, p - 1 : -1].float(), ro.input_ids[:, p:])
+    return logp, values, logits[:, p - 1 : -1]

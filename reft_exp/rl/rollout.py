@@ -1,0 +1,88 @@
+"""Rollouts shared by the RL methods (ReFT, online self-training): sample one response per question, score
+it, and lay prompt + response out as tensors in which response action ``t`` is column ``P + t``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from reft_exp.answers import AnswerSpec, extract_answers, parse_gold, reward
+from reft_exp.prompts import build_prompt, program_header
+
+
+@dataclass
+class Rollout:
+    records: list[dict]
+    completions: list[str]  # decoded responses (special tokens dropped)
+    input_ids: torch.Tensor  # [B, P + R]: left-padded prompts, then responses right-padded with pad
+    attention_mask: torch.Tensor  # [B, P + R]
+    response_mask: torch.Tensor  # [B, R] float: 1 on response tokens up to and including the first EOS
+    prompt_width: int  # P
+    scores: torch.Tensor | None = None  # [B] reward of each response
+    preds: list | None = None
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Positions that skip the left padding, as ``generate`` used them."""
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_width :]
+
+
+def rl_prompts(records: Sequence[dict], cot: str) -> list[str]:
+    """At RL and sampling time the P-CoT program header is part of the prompt (upstream)."""
+    return [build_prompt(r["question"], cot, with_header=True) for r in records]
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 up to and including the first EOS of each row (all ones when truncated), 0 after."""
+    is_eos = (response_ids == eos_token_id).long()
+    eos_before = is_eos.cumsum(-1) - is_eos  # number of EOS strictly before each position
+    return (eos_before == 0).float()
+
+
+@torch.no_grad()
+def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_new_tokens: int, temperature: float,
+                   top_k: int, top_p: float, add_special_tokens: bool = True) -> Rollout:
+    """One sampled response per record (top_k 0 = off, as upstream RL)."""
+    prompts = rl_prompts(records, cot)
+    enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    width = max(len(e) for e in enc)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(enc), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(enc), width), dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, width - len(e) :] = torch.tensor(e)
+        attn[i, width - len(e) :] = 1
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True,
+                          temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                          pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    if was_training:
+        model.train()
+    response = seqs[:, width:]
+    rmask = response_mask_from_ids(response, tokenizer.eos_token_id).to(response.device)
+    attention = torch.cat([attn.to(device), rmask.long()], dim=1)
+    # responses beyond their EOS are padding: make them the pad token so nothing reads them
+    seqs = torch.cat([seqs[:, :width], torch.where(rmask.bool(), response, torch.full_like(response, pad))], 1)
+    completions = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
+    return Rollout(records=list(records), completions=completions, input_ids=seqs, attention_mask=attention,
+                   response_mask=rmask, prompt_width=width)
+
+
+def score_rollout(ro: Rollout, spec: AnswerSpec, executor=None) -> Rollout:
+    """Fill ``scores`` with the ReFT reward (1 / partial / 0) of each response."""
+    texts = ro.completions
+    if spec.cot == "p":  # the header was in the prompt: the program is header + response
+        texts = [program_header(r["question"]) + c for r, c in zip(ro.records, ro.completions)]
+    preds = extract_answers(texts, spec, executor=executor)
+    golds = [parse_gold(r["answer_value"], spec) for r in ro.records]
+    ro.preds = preds
+    ro.scores = torch.tensor([reward(p, g, spec) for p, g in zip(preds, golds)], dtype=torch.float32)
+    return ro

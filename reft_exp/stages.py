@@ -1,0 +1,105 @@
+"""Stage cache: each stage (tiny model, SFT run, ...) lives once in a folder keyed by a hash of exactly the
+config that determines it, with a completion marker. Cells that share a stage reuse it; concurrent jobs
+that need the same stage wait on a file lock instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from reft_exp.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+DONE_MARKER = "STAGE_DONE.json"
+# Bump when a stage's on-disk layout or semantics change, so old caches are not reused silently.
+STAGE_FORMAT_VERSION = 1
+
+
+def _plain(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {k: _plain(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def config_hash(key: dict[str, Any]) -> str:
+    blob = json.dumps(_plain(key), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class Stage:
+    """A cached stage folder: ``<cache>/<kind>/<label>-<hash>/``."""
+
+    def __init__(self, cache_dir: str | Path, kind: str, label: str, key: dict[str, Any]):
+        self.key = {"stage_format": STAGE_FORMAT_VERSION, "kind": kind, **key}
+        self.hash = config_hash(self.key)
+        self.dir = Path(cache_dir) / kind / f"{label}-{self.hash}"
+        self.kind = kind
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / DONE_MARKER).exists()
+
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.dir / DONE_MARKER).read_text())
+
+    def mark_done(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.dir / DONE_MARKER, meta)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive while a job computes this stage; another job needing it blocks here."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.dir) + ".lock"):
+            yield
+
+    def prepare(self) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.dir / "stage_key.json", self.key)
+        return self.dir
+
+
+def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any]]) -> bool:
+    """Compute ``stage`` unless complete; returns True when it was reused.
+
+    The main process holds the stage's file lock for the whole computation, so another job needing the
+    same stage waits and then reuses it. Every process runs ``compute`` (training is collective); the
+    main process's view of the completion marker is broadcast so all processes decide alike.
+    """
+    from contextlib import nullcontext
+
+    from accelerate.utils import broadcast_object_list
+
+    main = accelerator is None or accelerator.is_main_process
+    multi = accelerator is not None and accelerator.num_processes > 1
+    with stage.lock() if main else nullcontext():
+        if multi:
+            accelerator.wait_for_everyone()
+        decision = [stage.done]
+        if multi:
+            broadcast_object_list(decision, from_process=0)
+        if decision[0]:
+            return True
+        folder = stage.prepare() if main else stage.dir
+        if multi:
+            accelerator.wait_for_everyone()
+        meta = compute(folder)
+        if multi:
+            accelerator.wait_for_everyone()
+        if main:
+            stage.mark_done(meta)
+        if multi:
+            accelerator.wait_for_everyone()
+    return False

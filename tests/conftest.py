@@ -1,0 +1,57 @@
+"""Shared test fixtures. Tests run offline (the Makefile sets HF_*_OFFLINE and WANDB_MODE)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHARED_DIR = Path(os.environ.get("REFT_SHARED_DIR", ROOT.parent / "shared"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def config_groups() -> dict[str, list[str]]:
+    """Every config group under conf/ and its options (file names without .yaml)."""
+    groups = {}
+    for d in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        groups[d.name] = sorted(f.stem for f in d.glob("*.yaml"))
+    return groups
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED_DIR.exists():
+        pytest.skip(f"shared data folder {SHARED_DIR} absent (set REFT_SHARED_DIR)")
+    return SHARED_DIR
+
+
+def compose(overrides: list[str] | None = None, results_dir: str | Path = "results", conf_dir: Path = CONF_DIR):
+    """Compose the app's config with Hydra's compose API (as the app would), hydra node included."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=[f"paths.results_dir={results_dir}"] +
+                             list(overrides or []), return_hydra_config=True)
+
+
+def run_config(overrides: list[str], results_dir: str | Path):
+    """A validated RunConfig, composed as the app would compose it (for in-process runs)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from reft_exp.config import validate
+
+    cfg = compose(overrides, results_dir)
+    HydraConfig.instance().set_config(cfg)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return validate(cfg, choices)

@@ -1,0 +1,7 @@
+# expect: blocked
+# hook-only: yes
+def solution():
+    import ctypes
+    import os
+    ctypes.CDLL(None).kill(os.getppid(), 9)
+    return 1

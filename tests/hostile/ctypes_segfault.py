@@ -1,0 +1,4 @@
+# expect: blocked
+def solution():
+    import ctypes
+    return ctypes.string_at(0)

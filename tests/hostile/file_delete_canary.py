@@ -1,0 +1,6 @@
+# expect: blocked
+# hook-only: yes
+def solution():
+    import os
+    os.remove("__CANARY_DIR__/canary.txt")
+    return 1

@@ -1,0 +1,6 @@
+# expect: blocked
+# hook-only: yes
+def solution():
+    import os
+    os.rename("__CANARY_DIR__/canary.txt", "__CANARY_DIR__/renamed.txt")
+    return 1

@@ -1,0 +1,6 @@
+# expect: blocked
+# hook-only: yes
+def solution():
+    with open("__CANARY_DIR__/new_file.txt", "x") as handle:
+        handle.write("pwned")
+    return 1

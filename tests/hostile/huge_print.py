@@ -1,0 +1,4 @@
+# expect: output too large
+def solution():
+    while True:
+        print("spam" * 1000)

@@ -1,0 +1,5 @@
+# expect: output too large
+def solution():
+    import sys
+    while True:
+        sys.stderr.write("spam" * 1000)

@@ -1,0 +1,5 @@
+# expect: blocked
+def solution():
+    import os
+    os.kill(-1, 9)
+    return 1

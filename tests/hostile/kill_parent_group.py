@@ -1,0 +1,6 @@
+# expect: blocked
+# hook-only: yes
+def solution():
+    import os
+    os.killpg(os.getpgid(os.getppid()), 9)
+    return 1

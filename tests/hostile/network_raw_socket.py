@@ -1,0 +1,7 @@
+# expect: blocked
+# hook-only: yes
+def solution():
+    import socket
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.sendto(b"x", ("8.8.8.8", 53))
+    return 1

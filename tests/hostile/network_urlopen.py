@@ -1,0 +1,5 @@
+# expect: blocked
+# hook-only: yes
+def solution():
+    import urllib.request
+    return urllib.request.urlopen("http://example.com", timeout=2).read().decode()

@@ -1,0 +1,4 @@
+# expect: crashed
+def solution():
+    import os
+    os._exit(0)

@@ -1,0 +1,5 @@
+# expect: blocked
+def solution():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    return 1

@@ -1,0 +1,5 @@
+# expect: blocked
+def solution():
+    import sys
+    sys.settrace(lambda *args: None)
+    return 1

@@ -1,0 +1,3 @@
+# expect: exception
+def solution():
+    raise SystemExit(0)

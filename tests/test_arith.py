@@ -1,0 +1,65 @@
+"""The generated task: deterministic, upstream schema, correct annotations in both CoT styles."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from reft_exp.answers import AnswerSpec, extract_answers, parse_gold
+from reft_exp.data.arith import generate_arith
+from reft_exp.prompts import build_prompt, build_target, program_header
+
+
+def test_deterministic_and_schema():
+    a = generate_arith(7, 200, 50, "n")
+    b = generate_arith(7, 200, 50, "n")
+    assert a == b
+    assert generate_arith(8, 200, 50, "n") != a
+    assert len(a["train"]) == 200 and len(a["test"]) == 50
+    for split in ("train", "test"):
+        for r in a[split]:
+            assert set(r) == {"item_id", "question", "answer_cot", "answer_value"}
+            assert isinstance(r["answer_value"], str)
+    train_q = {r["question"] for r in a["train"]}
+    assert not train_q & {r["question"] for r in a["test"]}, "train and test must be disjoint"
+
+
+def test_ncot_targets_extract_to_gold():
+    recs = generate_arith(3, 500, 0, "n")["train"]
+    spec = AnswerSpec(answer_type="numeric", cot="n")
+    preds = extract_answers([build_target(r, "n") for r in recs], spec)
+    assert all(p == parse_gold(r["answer_value"], spec) for p, r in zip(preds, recs))
+
+
+def test_pcot_programs_return_gold():
+    recs = generate_arith(3, 500, 0, "p")["train"]
+    for r in recs:
+        assert r["answer_cot"].startswith(program_header(r["question"]))
+        ns: dict = {}
+        exec(r["answer_cot"], ns)  # our own generated programs, not model output
+        assert ns["solution"]() == int(r["answer_value"])
+
+
+def test_both_cots_share_questions_and_answers():
+    n = generate_arith(5, 100, 20, "n")
+    p = generate_arith(5, 100, 20, "p")
+    for split in ("train", "test"):
+        assert [r["question"] for r in n[split]] == [r["question"] for r in p[split]]
+        assert [r["answer_value"] for r in n[split]] == [r["answer_value"] for r in p[split]]
+
+
+def test_difficulty_mix():
+    recs = generate_arith(1234, 2000, 0, "n")["train"]
+    steps = Counter(r["answer_cot"].count(" = ") for r in recs)
+    assert set(steps) == {1, 2, 3}, steps
+    assert all(steps[k] > 300 for k in (1, 2, 3))
+    distractors = sum("has" in r["question"].split(".", 1)[1] for r in recs)
+    assert distractors > 200, "distractor sentences should appear"
+    values = Counter(r["answer_value"] for r in recs)
+    assert values.most_common(1)[0][1] < 0.1 * len(recs), "no answer value should dominate"
+
+
+def test_prompt_format_matches_upstream():
+    assert build_prompt("Q?", "n") == "Question:\nQ?\nAnswer reasoning:\n"
+    assert build_prompt("Q?", "p", with_header=True) == 'Question:\nQ?\nAnswer reasoning:\ndef solution():\n    """Q?"""\n'
+    rec = {"answer_cot": "2 + 2 = 4.", "answer_value": "4"}
+    assert build_target(rec, "n") == "2 + 2 = 4.\nTherefore, the answer is: 4"

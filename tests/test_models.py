@@ -1,0 +1,50 @@
+"""The tiny model and its tokenizer load through the same from_pretrained path as a hub model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from reft_exp.config import TinyModelConfig
+from reft_exp.data.arith import generate_arith
+from reft_exp.models import build_tiny_model, load_causal_lm, load_tokenizer
+from reft_exp.prompts import build_prompt, build_target
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    splits = {cot: generate_arith(11, 400, 0, cot)["train"] for cot in ("n", "p")}
+    texts = [t for cot in splits for r in splits[cot] for t in (r["question"], r["answer_cot"])]
+    build_tiny_model(folder, texts, TinyModelConfig(name="tiny", kind="tiny"))
+    return folder, splits
+
+
+def test_tokenizer_round_trips_and_splits_digits(tiny_dir):
+    folder, splits = tiny_dir
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert tok.pad_token_id == 1 and tok.eos_token_id == 2
+    for cot in ("n", "p"):
+        for r in splits[cot][:50]:
+            text = build_prompt(r["question"], cot) + build_target(r, cot)
+            assert tok.decode(tok(text)["input_ids"]) == text
+    pieces = tok.tokenize("He has 128 apples")
+    assert [p for p in pieces if p.strip("Ġ").isdigit()] == ["1", "2", "8"]
+
+
+def test_tiny_model_loads_via_auto_classes(tiny_dir):
+    folder, _ = tiny_dir
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 0.5e6 < n_params < 2e6
+    cfg = TinyModelConfig(name="tiny", kind="tiny")
+    tok = load_tokenizer(folder, cfg)
+    m = load_causal_lm(folder, cfg)
+    ids = torch.tensor([tok("Question:\nTom has 3 apples.")["input_ids"]])
+    assert m(input_ids=ids).logits.shape[-1] == len(tok)
+
+
+def test_missing_model_path_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_causal_lm("/nonexistent/model", TinyModelConfig(name="tiny", kind="tiny"))
