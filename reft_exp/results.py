@@ -22,6 +22,18 @@ def cell_id(cfg: RunConfig) -> str:
     return f"{cid}__{cfg.root.tag}" if cfg.root.tag else cid
 
 
+# Config keys that do not change a cell's result (where things go, how it is displayed or tracked).
+NON_RESULT_KEYS = ("paths", "logger", "progress", "overwrite", "num_threads")
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of the resolved config minus the keys that cannot change the result."""
+    from reft_exp.stages import config_hash as _hash
+
+    raw = OmegaConf.to_container(cfg.raw, resolve=True)
+    return _hash({k: v for k, v in raw.items() if k not in NON_RESULT_KEYS})
+
+
 def record_path(cfg: RunConfig) -> Path:
     return Path(cfg.paths.runs_dir) / f"{cell_id(cfg)}.json"
 
@@ -32,6 +44,7 @@ def build_record(cfg: RunConfig, method_out: dict[str, Any], inference_out: dict
     return {
         "record_version": RECORD_VERSION,
         "cell_id": cell_id(cfg),
+        "config_hash": config_hash(cfg),
         "status": "complete",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "coordinates": cfg.coordinates,

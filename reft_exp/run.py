@@ -30,6 +30,10 @@ def check_supported(cfg: RunConfig) -> None:
     if cfg.inference.name not in INFERENCE:
         raise ConfigError(f"inference={cfg.inference.name} is configured but not implemented yet "
                           f"(available: {sorted(INFERENCE)})")
+    warmup = cfg.dataset.warmup_epoch[cfg.cot.name]
+    if cfg.method.name != "sft" and getattr(cfg.method, "init", "warmup") == "warmup" and warmup > cfg.sft.epochs:
+        raise ConfigError(f"method={cfg.method.name} starts from the SFT warm-up checkpoint of epoch {warmup} "
+                          f"(dataset.warmup_epoch.{cfg.cot.name}) but sft.epochs={cfg.sft.epochs}")
     if isinstance(cfg.model, HubModelConfig):
         from reft_exp.models import check_model_path
 
@@ -55,16 +59,20 @@ def run_cell(cfg: RunConfig) -> dict:
     from reft_exp.data import load_splits
     from reft_exp.inference import INFERENCE
     from reft_exp.methods import METHODS
-    from reft_exp.results import build_record, cell_id, read_record, record_path, write_record
+    from reft_exp.results import build_record, cell_id, config_hash, read_record, record_path, write_record
     from reft_exp.tracking import make_tracker
     from reft_exp.utils import seed_everything
 
     transformers.utils.logging.disable_progress_bar()  # per-file load/save bars; ours stay
     path = record_path(cfg)
     if path.exists() and not cfg.root.overwrite:
-        log.info("cell %s already has a results record (%s): skipped (overwrite=true recomputes)",
-                 cell_id(cfg), path)
-        return read_record(path)
+        old = read_record(path)
+        if old.get("config_hash") == config_hash(cfg):
+            log.info("cell %s already has a results record (%s): skipped (overwrite=true recomputes)",
+                     cell_id(cfg), path)
+            return old
+        log.warning("cell %s: the existing record %s was made with another config; recomputing and replacing "
+                    "it (use tag=... to keep both)", cell_id(cfg), path)
     if cfg.root.num_threads:
         torch.set_num_threads(cfg.root.num_threads)
     accelerator = Accelerator(cpu=cfg.accelerate.cpu, mixed_precision=cfg.accelerate.mixed_precision)

@@ -67,3 +67,39 @@ def test_bad_config_fails_at_start_with_one_line(args, needle, tmp_path):
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_pcot_runs_end_to_end(tmp_path):
+    proc = run_app([f"paths.results_dir={tmp_path}/results", "cot=p", *QUICK], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = json.loads((tmp_path / "results" / "runs" / "tiny__arith__p__sft__greedy__seed42.json").read_text())
+    assert rec["coordinates"]["cot"] == "p"
+    assert rec["epochs"][0]["test_extracted"] >= 0.0
+
+
+def test_pcot_scoring_runs_the_programs():
+    """The evaluation path scores P-CoT completions by executing them in the sandbox."""
+    from reft_exp.answers import AnswerSpec
+    from reft_exp.data.arith import generate_arith
+    from reft_exp.evaluate import score_completions
+    from reft_exp.execute import ProgramExecutor
+
+    recs = generate_arith(5, 0, 40, "p")["test"]
+    spec = AnswerSpec(answer_type="numeric", cot="p")
+    wrong = [r["answer_cot"].replace("return result", "return result + 1") for r in recs[:10]]
+    with ProgramExecutor(timeout_s=5) as ex:
+        rows = score_completions(recs, [r["answer_cot"] for r in recs], spec, ex)
+        bad = score_completions(recs[:10], wrong, spec, ex)
+    assert all(r["correct"] for r in rows) and len(rows) == 40
+    assert not any(r["correct"] for r in bad) and all(r["pred"] is not None for r in bad)
+
+
+def test_changed_config_recomputes_the_cell(tmp_path):
+    args = [f"paths.results_dir={tmp_path}/results", *QUICK]
+    assert run_app(args, tmp_path).returncode == 0
+    path = tmp_path / "results" / "runs" / "tiny__arith__n__sft__greedy__seed42.json"
+    first = json.loads(path.read_text())
+    proc = run_app([*args, "sft.lr=1e-3"], tmp_path)
+    assert proc.returncode == 0 and "another config" in proc.stdout + proc.stderr
+    second = json.loads(path.read_text())
+    assert second["config_hash"] != first["config_hash"] and second["config"]["sft"]["lr"] == 1e-3

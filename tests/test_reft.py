@@ -1,0 +1,79 @@
+"""ReFT end to end on a few seconds of tiny data: it runs, logs what it must, and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_run import ROOT, run_app
+
+from reft_exp.methods.reft import read_steps
+
+QUICK = ["dataset.train_size=96", "dataset.test_size=16", "sft.epochs=2", "dataset.warmup_epoch.n=1",
+         "inference.max_new_tokens=24", "method=reft", "method.batch_size=16", "method.max_length=120",
+         "method.max_questions=48", "method.eval_batch_size=16", "progress=false"]
+STEP_KEYS = {"score", "correct", "kl", "pg_loss", "vf_loss", "clipfrac", "vf_clipfrac", "entropy",
+             "response_length", "time_generate", "time_score", "time_update"}
+
+
+def _record(results: Path) -> dict:
+    (path,) = (results / "runs").glob("*__reft__*.json")
+    return json.loads(path.read_text())
+
+
+def test_reft_runs_from_the_shared_sft_warmup(tmp_path):
+    results = tmp_path / "results"
+    proc = run_app([f"paths.results_dir={results}", *QUICK, "method.epochs=2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec = _record(results)
+    assert rec["stages"]["sft"]["reused"] is False and rec["method"]["init_checkpoint"].endswith("warmup")
+    assert [e["epoch"] for e in rec["epochs"]] == [0, 1, 2]  # epoch 0 = the warm-up's greedy accuracy
+    assert rec["accuracy"] == max(e["test_accuracy"] for e in rec["epochs"])
+    steps = read_steps(rec["method"]["steps_file"])
+    assert len(steps) == 2 * (48 // 16) and STEP_KEYS <= set(steps[0])
+    assert abs(steps[0]["kl"]) < 1e-5, "the first rollout's policy is the reference"
+    assert any(abs(s["kl"]) > 1e-4 for s in steps[1:]), "the policy moves away from the reference"
+    # an SFT cell of the same grid reuses the SFT run that ReFT trained
+    proc = run_app([f"paths.results_dir={results}", *[a for a in QUICK if not a.startswith("method")],
+                    "method=sft"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sft_path,) = (results / "runs").glob("*__sft__*.json")
+    assert json.loads(sft_path.read_text())["stages"]["sft"]["reused"] is True
+
+
+def test_reft_killed_mid_run_resumes_to_the_same_result(tmp_path):
+    args = [*QUICK, "method.epochs=3"]
+    straight = tmp_path / "straight"
+    assert run_app([f"paths.results_dir={straight}", *args], tmp_path).returncode == 0
+
+    resumed = tmp_path / "resumed"
+    env_cmd = [sys.executable, "-m", "reft_exp.run", f"paths.results_dir={resumed}", *args]
+    proc = subprocess.Popen(env_cmd, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    progress = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((resumed / "cache" / "reft").glob("*/last_state/progress.json"))
+        if found and json.loads(found[0].read_text())["epoch"] >= 1:
+            progress = found[0]
+            break
+        time.sleep(0.2)
+    assert progress is not None, "the run never checkpointed an epoch"
+    import os
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "runs").exists()
+    rerun = run_app([f"paths.results_dir={resumed}", *args], tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming after epoch" in rerun.stdout + rerun.stderr
+    a, b = _record(straight), _record(resumed)
+    assert [e.get("test_accuracy") for e in a["epochs"]] == [e.get("test_accuracy") for e in b["epochs"]]
+    sa, sb = read_steps(a["method"]["steps_file"]), read_steps(b["method"]["steps_file"])
+    assert [s["step"] for s in sb] == [s["step"] for s in sa]
+    for x, y in zip(sa, sb):
+        assert abs(x["score"] - y["score"]) < 1e-6 and abs(x["kl"] - y["kl"]) < 1e-4, (x, y)
