@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check reft_exp tests benchmarks
 
 test: $(STAMP) lint
-	$(OFFLINE) $(PY) -m pytest -q --timeout=900 tests
+	$(OFFLINE) $(PY) -m pytest -q --timeout=900 --durations=15 tests
 
 test-fast: $(STAMP)
 	$(OFFLINE) $(PY) -m pytest -q -m "not slow" tests

@@ -23,6 +23,8 @@ zygote, once, best effort (reported back as ``layers``):
   * new mount namespace in which the whole host filesystem is re-mounted read-only and the
     world-writable directories (/tmp, /var/tmp, /dev/shm, /run/lock) are replaced by private tmpfs
     mounts that vanish with the zygote.  Even a root process in there cannot change a host file.
+    Directories the interpreter needs that lie below one of them (a ``.venv`` in a checkout under
+    /tmp, this script's own directory) are bound back, read-only, at the same path;
 worker, after ``fork()``:
   * own session/process group (``setsid``), so ``killpg(0, ...)`` hits only itself;
   * fds 0-2 on /dev/null and every inherited fd closed except its channel to the caller;
@@ -217,19 +219,41 @@ def _isolate_filesystem(libc: ctypes.CDLL) -> str:
     """Read-only view of the host filesystem with private tmpfs mounts where anyone could write."""
     if os.uname().machine != "x86_64":
         raise OSError(errno.ENOSYS, "mount_setattr syscall number only known for x86_64")
+    private = list(dict.fromkeys(
+        os.path.realpath(os.fsdecode(path)) for path in _PRIVATE_TMPFS_DIRS if os.path.isdir(path)))
+    needed = _sandbox_dirs()
+    for directory in needed:
+        if directory in private:  # checked before anything changes, so the layer is simply off
+            raise OSError(errno.EBUSY, f"interpreter directory {directory} would get a private tmpfs")
     _check(libc.unshare(_CLONE_NEWNS), "unshare(NEWNS)")
     _check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make / private")
     attr = _MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
     rc = libc.syscall(_SYS_MOUNT_SETATTR_X86_64, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attr),
                       ctypes.sizeof(attr))
     _check(rc, "mount_setattr(/, RDONLY, recursive)")
-    mounted = []
-    for path in _PRIVATE_TMPFS_DIRS:
-        if os.path.isdir(path):
-            _check(libc.mount(b"tmpfs", path, b"tmpfs", _MS_NOSUID | _MS_NODEV, _PRIVATE_TMPFS_OPTIONS),
-                   f"tmpfs on {path.decode()}")
-            mounted.append(path.decode())
-    return f"on: host filesystem read-only, private tmpfs on {', '.join(mounted)}"
+    # Directories the interpreter needs (a venv or a checkout under /tmp ...) would vanish under the
+    # private tmpfs.  Hold each one through an O_PATH fd (opened in our namespace, so it can be
+    # bind-mounted), mount the tmpfs, then bind it back read-only at the same path.
+    held: list[tuple[str, int]] = []
+    try:
+        for directory in needed:
+            if any(directory.startswith(tmp + os.sep) for tmp in private):
+                held.append((directory, os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
+        for path in private:
+            _check(libc.mount(b"tmpfs", path.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                              _PRIVATE_TMPFS_OPTIONS), f"tmpfs on {path}")
+        for directory, fd in held:
+            os.makedirs(directory, mode=0o755, exist_ok=True)  # root-owned mount point in the tmpfs
+            _check(libc.mount(f"/proc/self/fd/{fd}".encode(), directory.encode(), None,
+                              _MS_BIND | _MS_REC, None), f"keep {directory}")
+            rc = libc.syscall(_SYS_MOUNT_SETATTR_X86_64, _AT_FDCWD, directory.encode(), _AT_RECURSIVE,
+                              ctypes.byref(attr), ctypes.sizeof(attr))
+            _check(rc, f"mount_setattr({directory}, RDONLY, recursive)")
+    finally:
+        for _, fd in held:
+            os.close(fd)
+    kept = f", kept {', '.join(d for d, _ in held)} read-only" if held else ""
+    return f"on: host filesystem read-only, private tmpfs on {', '.join(private)}{kept}"
 
 
 def _python_dirs() -> list[str]:
@@ -237,6 +261,14 @@ def _python_dirs() -> list[str]:
     candidates = [*sys.path, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     found = {os.path.realpath(path) for path in candidates if path and os.path.isdir(path)}
     # Drop directories nested in another one: exposing the outer one exposes them too.
+    ordered = sorted(found)
+    return [d for d in ordered if not any(d != o and d.startswith(o + os.sep) for o in ordered)]
+
+
+def _sandbox_dirs() -> list[str]:
+    """The interpreter's directories plus this script's own (package) directory, outermost only."""
+    found = set(_python_dirs())
+    found.add(os.path.dirname(os.path.realpath(__file__)))
     ordered = sorted(found)
     return [d for d in ordered if not any(d != o and d.startswith(o + os.sep) for o in ordered)]
 
@@ -343,6 +375,10 @@ class _Zygote:
     def setup(self) -> None:
         # Terminal signals are the caller's business; the zygote ends when its channel closes.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The host filesystem is (or should be treated as) read-only here: a lazy import of a module
+        # without cached bytecode must not try to write __pycache__, which a worker's audit hook
+        # would report as a sandbox violation.
+        sys.dont_write_bytecode = True
         if self.config["isolate"]:
             _best_effort(self.layers, "network", _isolate_network, self.libc)
             _best_effort(self.layers, "filesystem", _isolate_filesystem, self.libc)

@@ -13,9 +13,11 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -459,3 +461,47 @@ def test_sandbox_processes_die_with_the_caller(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.05)
     assert not [pid for pid in pids if _alive(pid)]
+
+
+def test_interpreter_below_a_private_tmpfs_dir_stays_usable() -> None:
+    """CI may clone the repo and create its .venv under /tmp, which the sandbox covers with a private
+    tmpfs: the interpreter's directories there must stay visible (read-only) to zygote and workers."""
+    base = Path(tempfile.mkdtemp(prefix="reft_venv_", dir="/tmp"))
+    try:
+        base.chmod(0o755)  # like a git clone: readable by the unprivileged workers
+        venv = base / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+        python = venv / "bin" / "python"
+        site = Path(subprocess.run(
+            [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.strip())
+        assert base in site.parents
+        (site / "reft_tmp_probe.py").write_text("VALUE = 41\n")  # imported by the preamble (zygote)
+        (site / "reft_tmp_lazy.py").write_text("VALUE = 1\n")  # imported lazily inside a worker
+        # This interpreter's packages (sympy, numpy, reft_exp itself) for the venv, after its own.
+        parent_paths = [str(REPO_ROOT)] + [entry for entry in sys.path if entry and os.path.isdir(entry)]
+        (site / "reft_parent_paths.pth").write_text("\n".join(parent_paths) + "\n")
+        script = (
+            "import json\n"
+            "from reft_exp.execute import ProgramExecutor\n"
+            "preamble = 'import math\\nimport sympy\\nimport reft_tmp_probe\\n'\n"
+            "with ProgramExecutor(timeout_s=10, workers=1, preamble=preamble) as executor:\n"
+            "    results = executor.run([\n"
+            "        'def solution():\\n    return reft_tmp_probe.VALUE + 1',\n"
+            "        'def solution():\\n    import reft_tmp_lazy\\n    return reft_tmp_lazy.VALUE + sympy.Integer(1)',\n"
+            "    ])\n"
+            "    print(json.dumps({'results': [[r.answer, r.error] for r in results],\n"
+            "                      'layers': executor.layers}))\n"
+        )
+        completed = subprocess.run([str(python), "-I", "-c", script], cwd="/", capture_output=True,
+                                   text=True, timeout=180)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        report = json.loads(completed.stdout)
+        assert report["results"] == [[42, None], [2, None]], report
+        layers = report["layers"]
+        if IS_ROOT and layers["filesystem"].startswith("on"):
+            assert str(venv) in layers["filesystem"], layers  # kept visible below the private /tmp
+            assert layers["privileges"].startswith("on"), layers
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
