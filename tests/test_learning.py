@@ -42,3 +42,4 @@ def test_sft_raises_greedy_accuracy_from_zero(sft_record, results):
     assert before.accuracy <= 0.02
     assert sft_record["best_accuracy"] >= 0.30
     assert losses[-1] < 0.25 * losses[0]
+
