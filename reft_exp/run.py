@@ -12,7 +12,7 @@ import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from reft_exp.config import ConfigError, HubModelConfig, RunConfig, validate
 
@@ -41,12 +41,6 @@ def check_supported(cfg: RunConfig) -> None:
             check_model_path(cfg.model.path)
         except FileNotFoundError as err:
             raise ConfigError(f"model.path: {err}") from None
-    if cfg.cot.name == "p":
-        try:
-            import reft_exp.execute  # noqa: F401
-        except ImportError:
-            raise ConfigError("cot=p needs the program executor (reft_exp.execute), not available in this "
-                              "version; use cot=n") from None
 
 
 def run_cell(cfg: RunConfig) -> dict:
@@ -78,8 +72,6 @@ def run_cell(cfg: RunConfig) -> dict:
     accelerator = Accelerator(cpu=cfg.accelerate.cpu, mixed_precision=cfg.accelerate.mixed_precision)
     seed_everything(cfg.root.seed + accelerator.process_index, cfg.root.deterministic)  # upstream: seed + rank
     start = time.perf_counter()
-    from omegaconf import OmegaConf
-
     tracker = make_tracker(cfg.logger, cell_id(cfg), OmegaConf.to_container(cfg.raw, resolve=True),
                            [f"{k}={v}" for k, v in cfg.coordinates.items()], accelerator.is_main_process)
     ctx = RunContext(cfg=cfg, accelerator=accelerator, splits={}, tracker=tracker)
