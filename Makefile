@@ -40,7 +40,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke $(DEMO_ARGS)
+	$(PY) -m reft_exp.tables --runs results/runs --out results/tables
 	@echo "results records: results/runs/   (one JSON per grid cell)"
+	@echo "tables (ours beside the paper's): results/tables/table1.md, table2.md (+ .csv, .tex)"
 
 clean:
 	rm -rf outputs multirun results/runs results/cache results/tables results/plots .pytest_cache .ruff_cache

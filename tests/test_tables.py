@@ -1,0 +1,171 @@
+"""Paper tables from results records: layout, averages, deltas against the paper, seeds, missing cells, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reft_exp import tables
+from reft_exp.results import write_record
+from reft_exp.tables import MISSING
+
+
+def _record(model, dataset, cot, method, accuracy, inference="greedy", seed=42, version=1, tag=""):
+    cid = f"{model}__{dataset}__{cot}__{method}__{inference}__seed{seed}" + (f"__{tag}" if tag else "")
+    return {
+        "record_version": version, "cell_id": cid, "config_hash": "0" * 12, "status": "complete",
+        "coordinates": {"model": model, "dataset": dataset, "cot": cot, "method": method,
+                        "inference": inference, "seed": seed},
+        "accuracy": accuracy, "best_accuracy": accuracy, "best_epoch": 1, "final_accuracy": accuracy,
+        "inference": {"name": inference, "accuracy": accuracy, "epoch": 1},
+        "epochs": [{"epoch": 1, "step": 10, "train_loss": 1.0, "lr": 1e-3, "test_accuracy": accuracy}],
+        "config": {"tag": tag},
+    }
+
+
+def _write(runs, *records):
+    runs.mkdir(parents=True, exist_ok=True)
+    for rec in records:
+        write_record(runs / f"{rec['cell_id']}.json", rec)
+    return runs
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return _write(
+        tmp_path / "runs",
+        _record("codellama-7b", "gsm8k", "p", "reft", 0.70),
+        _record("codellama-7b", "gsm8k", "p", "sft", 0.60, seed=1),
+        _record("codellama-7b", "gsm8k", "p", "sft", 0.62, seed=2),
+        _record("codellama-7b", "svamp", "n", "sft", 0.50),
+        _record("galactica-6.7b", "gsm8k", "n", "online_st", 0.40),
+        _record("galactica-6.7b", "gsm8k", "n", "sft", 0.45),
+        _record("galactica-6.7b", "arith", "n", "sft", 0.90),
+        _record("codellama-7b", "gsm8k", "p", "reft", 0.80, inference="majority_vote"),
+        _record("codellama-7b", "gsm8k", "p", "sft", 0.75, inference="rerank"),
+        _record("codellama-7b", "gsm8k", "n", "reft", 0.66, inference="rerank"),
+    )
+
+
+def test_table1_layout_values_and_deltas(runs):
+    t1 = tables.build_table1(tables.load_records(runs), tables.load_paper("value_accuracy"))
+    # Rows: paper model order (galactica first), methods in the paper's order.
+    assert list(t1.index) == [("galactica-6.7b", "sft"), ("galactica-6.7b", "online_st"),
+                              ("codellama-7b", "sft"), ("codellama-7b", "reft")]
+    labels = list(dict.fromkeys(label for label, _ in t1.columns))
+    assert labels == ["gsm8k N-CoT", "gsm8k P-CoT", "svamp N-CoT", "arith N-CoT", "Average"]
+    assert [f for _, f in t1.columns[:3]] == ["ours", "paper", "Δ"]
+
+    reft = t1.loc[("codellama-7b", "reft")]
+    assert reft[("gsm8k P-CoT", "ours")] == "70.0"
+    assert reft[("gsm8k P-CoT", "paper")] == "75.28"  # ACL version
+    assert reft[("gsm8k P-CoT", "Δ")] == "-5.28"
+
+    # Two seeds: mean ± sample std; acl has codellama sft gsm8k p = 63.68.
+    sft = t1.loc[("codellama-7b", "sft")]
+    assert sft[("gsm8k P-CoT", "ours")] == "61.0 ± 1.4"
+    assert sft[("gsm8k P-CoT", "Δ")] == "-2.68"
+    # Average over the cells present in the row: (61 + 50) / 2; paper (63.68 + 58.09) / 2 = 60.885.
+    assert sft[("Average", "ours")] == "55.5"
+    assert sft[("Average", "paper")] == "60.88" or sft[("Average", "paper")] == "60.89"
+    assert sft[("Average", "Δ")] in ("-5.38", "-5.39")
+
+    # Missing cells are "—", never invented; arith is not in the paper.
+    assert sft[("gsm8k N-CoT", "ours")] == MISSING
+    assert sft[("gsm8k N-CoT", "paper")] == "43.59"  # the paper's number is shown, there is no delta
+    assert sft[("gsm8k N-CoT", "Δ")] == MISSING
+    gal = t1.loc[("galactica-6.7b", "sft")]
+    assert gal[("arith N-CoT", "ours")] == "90.0"
+    assert gal[("arith N-CoT", "paper")] == MISSING and gal[("arith N-CoT", "Δ")] == MISSING
+    assert gal[("Average", "ours")] == "67.5"  # (45 + 90) / 2
+    assert gal[("Average", "paper")] == MISSING  # the paper lacks arith: no average to compare
+
+
+def test_table1_falls_back_to_v1_and_honours_source(runs):
+    recs = tables.load_records(runs)
+    paper = tables.load_paper("value_accuracy")
+    t1 = tables.build_table1(recs, paper)
+    # online_st is only in v1 (45.7 for galactica gsm8k n).
+    online = t1.loc[("galactica-6.7b", "online_st")]
+    assert online[("gsm8k N-CoT", "paper")] == "45.70"
+    assert online[("gsm8k N-CoT", "Δ")] == "-5.70"
+    v1 = tables.build_table1(recs, paper, paper_source="v1")
+    assert v1.loc[("codellama-7b", "reft"), ("gsm8k P-CoT", "paper")] == "72.80"
+
+
+def test_table2_layout_and_deltas(runs):
+    t2 = tables.build_table2(tables.load_records(runs), tables.load_paper("voting_rerank"))
+    assert list(t2.index) == [("codellama-7b", "sft"), ("codellama-7b", "reft")]
+    labels = list(dict.fromkeys(label for label, _ in t2.columns))
+    assert labels == ["majority_vote gsm8k P-CoT", "rerank gsm8k N-CoT", "rerank gsm8k P-CoT"]
+    reft = t2.loc[("codellama-7b", "reft")]
+    assert reft[("majority_vote gsm8k P-CoT", "paper")] == "75.00"  # v1
+    assert reft[("majority_vote gsm8k P-CoT", "Δ")] == "+5.00"
+    assert reft[("rerank gsm8k N-CoT", "Δ")] == "+0.30"  # 66.0 - 65.7
+    assert reft[("rerank gsm8k P-CoT", "ours")] == MISSING
+    sft = t2.loc[("codellama-7b", "sft")]
+    assert sft[("rerank gsm8k P-CoT", "Δ")] == "-2.60"  # 75.0 - 77.6
+    readme = tables.build_table2(tables.load_records(runs), tables.load_paper("voting_rerank"),
+                                 paper_source="readme")
+    assert readme.loc[("codellama-7b", "reft"), ("majority_vote gsm8k P-CoT", "paper")] == "78.00"
+
+
+def test_load_records_skips_other_versions_and_tags(tmp_path):
+    runs = _write(tmp_path / "runs", _record("tiny", "arith", "n", "sft", 0.5),
+                  _record("tiny", "arith", "n", "reft", 0.6, version=2),
+                  _record("tiny", "arith", "n", "reft", 0.7, tag="long"))
+    with pytest.warns(UserWarning, match="version"):
+        df = tables.load_records(runs)
+    assert list(df["method"]) == ["sft"]
+    with pytest.warns(UserWarning):
+        assert list(tables.load_records(runs, tag="long")["accuracy"]) == [0.7]
+
+
+def test_table1_from_real_tiny_record(tmp_path):
+    # Same structure as results/runs/tiny__arith__n__sft__greedy__seed42.json.
+    rec = {
+        "record_version": 1, "cell_id": "tiny__arith__n__sft__greedy__seed42", "config_hash": "aa568c490612",
+        "status": "complete", "created_at": "2026-11-27T01:03:58+0000",
+        "coordinates": {"model": "tiny", "dataset": "arith", "cot": "n", "method": "sft",
+                        "inference": "greedy", "seed": 42},
+        "accuracy": 0.6533333333333333, "best_accuracy": 0.6533333333333333, "best_epoch": 6,
+        "final_accuracy": 0.6533333333333333,
+        "inference": {"name": "greedy", "accuracy": 0.6533333333333333, "epoch": 6},
+        "epochs": [{"epoch": 1, "step": 125, "train_loss": 1.83, "lr": 0.0028, "test_accuracy": 0.043,
+                    "test_extracted": 0.9}],
+        "method": {}, "timings_s": {"train": 1.0}, "stages": {}, "versions": {}, "hardware": {},
+        "config": {"model": "tiny", "dataset": "arith", "cot": "n", "seed": 42, "tag": ""},
+    }
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "tiny__arith__n__sft__greedy__seed42.json").write_text(json.dumps(rec))
+    t1 = tables.build_table1(tables.load_records(runs), tables.load_paper("value_accuracy"))
+    assert list(t1.index) == [("tiny", "sft")]
+    assert t1.loc[("tiny", "sft"), ("arith N-CoT", "ours")] == "65.3"
+    assert t1.loc[("tiny", "sft"), ("arith N-CoT", "paper")] == MISSING
+    assert t1.loc[("tiny", "sft"), ("Average", "ours")] == "65.3"
+    assert tables.build_table2(tables.load_records(runs), tables.load_paper("voting_rerank")).empty
+
+
+def test_cli_writes_six_files(runs, tmp_path, capsys):
+    out = tmp_path / "tables"
+    paths = tables.main(["--runs", str(runs), "--out", str(out)])
+    names = sorted(p.name for p in paths)
+    assert names == sorted(f"table{i}.{e}" for i in (1, 2) for e in ("md", "csv", "tex"))
+    assert all((out / n).is_file() for n in names)
+    printed = capsys.readouterr().out
+    assert str(out / "table1.md") in printed
+    md = (out / "table1.md").read_text()
+    assert "| codellama-7b | reft |" in md and "75.28" in md and "-5.28" in md
+    assert "\\begin{tabular}" in (out / "table2.tex").read_text()
+    assert (out / "table1.csv").read_text().startswith("model,method,gsm8k N-CoT ours")
+
+
+def test_cli_without_records_writes_notes(tmp_path):
+    out = tmp_path / "tables"
+    (tmp_path / "runs").mkdir()
+    paths = tables.main(["--runs", str(tmp_path / "runs"), "--out", str(out)])
+    assert len(paths) == 6
+    for p in paths:
+        assert "No results records" in p.read_text()
