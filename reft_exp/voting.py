@@ -6,16 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reft_exp.answers import AnswerSpec, vote_candidate
-
-
-def _same(a: object, b: object, spec: AnswerSpec) -> bool:
-    if spec.answer_type == "numeric":
-        try:
-            return abs(float(a) - float(b)) <= spec.tolerance  # type: ignore[arg-type]
-        except (TypeError, ValueError, OverflowError):
-            return False
-    return str(a) == str(b)
+from reft_exp.answers import AnswerSpec, is_correct, vote_candidate
 
 
 def majority_vote(answers: Sequence[object | None], spec: AnswerSpec) -> object | None:
@@ -29,7 +20,7 @@ def majority_vote(answers: Sequence[object | None], spec: AnswerSpec) -> object 
         if cand is None:
             continue
         for g in groups:
-            if _same(g[0], cand, spec):
+            if is_correct(cand, g[0], spec):  # same answer: within tolerance / same letter
                 g[1] += 1  # type: ignore[operator]
                 break
         else:

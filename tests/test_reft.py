@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_reft_killed_mid_run_resumes_to_the_same_result(tmp_path):
 
     resumed = tmp_path / "resumed"
     env_cmd = [sys.executable, "-m", "reft_exp.run", f"paths.results_dir={resumed}", *args]
-    proc = subprocess.Popen(env_cmd, cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    proc = subprocess.Popen(env_cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     progress = None
@@ -63,8 +64,6 @@ def test_reft_killed_mid_run_resumes_to_the_same_result(tmp_path):
             break
         time.sleep(0.2)
     assert progress is not None, "the run never checkpointed an epoch"
-    import os
-
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (resumed / "runs").exists()
