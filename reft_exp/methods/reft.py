@@ -156,9 +156,7 @@ def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer,
     acc, cfg = ctx.accelerator, ctx.cfg
     t0 = time.perf_counter()
     with torch.no_grad():
-        prompt_budget = rc.max_length - max(len(tokenizer(build_prompt(r["question"], ctx.cot, True))["input_ids"])
-                                            for r in records)
-        ro = sample_rollout(acc.unwrap_model(policy).lm, tokenizer, records, ctx.cot, prompt_budget,
+        ro = sample_rollout(acc.unwrap_model(policy).lm, tokenizer, records, ctx.cot, rc.max_length,
                             rc.temperature, rc.top_k, rc.top_p, cfg.model.add_special_tokens)
     t1 = time.perf_counter()
     score_rollout(ro, ctx.spec, ctx.executor_if_needed)

@@ -46,9 +46,9 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tor
 
 
 @torch.no_grad()
-def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_new_tokens: int, temperature: float,
+def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_length: int, temperature: float,
                    top_k: int, top_p: float, add_special_tokens: bool = True) -> Rollout:
-    """One sampled response per record (top_k 0 = off, as upstream RL)."""
+    """One sampled response per record (top_k 0 = off, as upstream RL); prompt + response <= ``max_length``."""
     prompts = rl_prompts(records, cot)
     enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     width = max(len(e) for e in enc)
@@ -62,7 +62,7 @@ def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_new_
     was_training = model.training
     model.eval()
     seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True,
-                          temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_length - width,
                           pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
     if was_training:
         model.train()
