@@ -14,6 +14,11 @@ STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
 PIP_QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 DEMO_ARGS ?=
+# Tests run in TEST_WORKERS processes (pytest-xdist, one test file per worker), each torch single-threaded:
+# the tiny models are overhead-bound, and two threads per process on a shared 2-core machine are slower than
+# one (benchmarks/RESULTS.md).
+TEST_WORKERS ?= 2
+TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 .PHONY: venv install test test-fast lint demo tables clean
 
@@ -33,10 +38,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check reft_exp tests benchmarks
 
 test: $(STAMP) lint
-	$(OFFLINE) $(PY) -m pytest -q --timeout=900 --durations=15 tests
+	$(OFFLINE) $(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --timeout=900 --durations=20 tests
 
 test-fast: $(STAMP)
-	$(OFFLINE) $(PY) -m pytest -q -m "not slow" tests
+	$(OFFLINE) $(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke $(DEMO_ARGS)

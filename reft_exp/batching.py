@@ -50,3 +50,57 @@ class PadCollator:
             labels[i, :k] = torch.tensor(e["labels"])
             attn[i, :k] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+
+
+class LengthBucketBatchSampler:
+    """Shuffled batches of similar length: less padding, every example once per epoch.
+
+    Each epoch: shuffle the indices, cut them into pools of ``pool`` batches, sort each pool by length and
+    cut it into batches, then shuffle the batches (so long and short batches alternate). All randomness is
+    drawn from ``generator`` (seeded alike on every process; accelerate shards the batches, and a resumed run
+    restores the generator's state, as for a plain shuffled loader).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator, pool: int = 50,
+                 drop_last: bool = False):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+        self.pool = max(pool, 1)
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        g = self.generator
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        span = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        for k in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[k]
+
+
+def sft_loader(examples: Sequence[dict], batch_size: int, generator: torch.Generator, pad_token_id: int,
+               length_bucketing: bool = False, pool: int = 50):
+    """The SFT DataLoader: plain shuffled batches (upstream) or length-bucketed ones (less padding)."""
+    from torch.utils.data import DataLoader
+
+    collate = PadCollator(pad_token_id)
+    if length_bucketing:
+        sampler = LengthBucketBatchSampler([len(e["input_ids"]) for e in examples], batch_size, generator, pool)
+        return DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
+    return DataLoader(examples, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+
+
+def padding_fraction(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> float:
+    """Share of the padded ``batch x width`` cells that are padding."""
+    total = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1.0 - real / max(total, 1)

@@ -135,6 +135,10 @@ class SFTConfig:
     eval_batch_size: int = 64
     save_best: bool = True
     log_every_steps: int = 50
+    # Batches of similar length (shuffled buckets, then shuffled batches): less padding, same examples per
+    # epoch. false = upstream's plain shuffled batches (reft_exp.batching.LengthBucketBatchSampler).
+    length_bucketing: bool = False
+    length_bucketing_pool: int = 50  # a bucket pools this many batches before sorting by length
 
 
 @dataclass
@@ -172,12 +176,97 @@ class ReFTConfig:
     save_best: bool = True
 
 
+@dataclass
+class SamplingConfig:
+    """K sampled completions per question (a cached ``samples`` stage; every consumer with the same values
+    reuses it). Upstream: 100 samples, temperature 1, top_k 50 for offline self-training, voting, reranking."""
+
+    num_samples: int = 100
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    max_new_tokens: int = 400
+    batch_size: int = 16  # prompts per generate call (x num_samples sequences)
+    max_questions: int | None = None  # sample only the first N questions of the split; None = all
+
+
+@dataclass
+class OfflineSTConfig:
+    """Offline self-training: warm-up samples on the train split -> <= N unique correct per question + the
+    ground truth -> fine-tune the BASE model with the SFT recipe (``sft`` node) for ``epochs`` epochs."""
+
+    name: str = "offline_st"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    max_correct_per_question: int = 10
+    include_ground_truth: bool = True
+    epochs: int = 20  # replaces sft.epochs; everything else is the SFT recipe
+
+
+@dataclass
+class OnlineSTConfig:
+    """Online self-training: the RL loop and init of ReFT without critic, KL or reference; each step keeps
+    the sampled responses with reward exactly 1, loss = w_s CE(kept) + w_gt CE(ground-truth batch)."""
+
+    name: str = "online_st"
+    init: str = "warmup"  # warmup | best
+    epochs: int = 300
+    lr: float = 3e-7
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    adam_eps: float = 1e-8
+    batch_size: int = 4  # questions per device per step, one sample each
+    sample_loss_weight: float = 0.5
+    gt_loss_weight: float = 0.5
+    grad_clip: float = 1.0
+    max_questions: int | None = None
+    max_prompt_length: int = 300
+    max_length: int = 700
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    disable_dropout: bool = True
+    eval_every_epochs: int = 1
+    eval_batch_size: int = 64
+    log_every_steps: int = 1
+    save_best: bool = True
+
+
 # ------------------------------------------------------------------------------------------- inference
 @dataclass
 class InferenceConfig:
     name: str = MISSING  # greedy | majority_vote | rerank
     max_new_tokens: int = 400  # upstream: prompt + response <= 700 at sampling time
     batch_size: int = 64
+
+
+@dataclass
+class VoteInferenceConfig(InferenceConfig):
+    """Majority vote over K test samples from the method's best checkpoint."""
+
+    checkpoint: str = "best"  # which checkpoint of the method's run is sampled
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class RerankerConfig:
+    """The reward model: a 2-class sequence classifier from the generator's checkpoint, trained on the
+    deduplicated warm-up samples of the train split labelled by correctness (upstream values)."""
+
+    lr: float = 1e-6
+    epochs: int = 3
+    batch_size: int = 24
+    max_length: int = 700
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    heldout_fraction: float = 0.1  # train questions held out to measure the classifier's accuracy
+    eval_batch_size: int = 64
+    train_sampling: SamplingConfig = field(default_factory=SamplingConfig)  # from the warm-up, train split
+
+
+@dataclass
+class RerankInferenceConfig(VoteInferenceConfig):
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
 
 
 # --------------------------------------------------------------------------------------------- runtime
@@ -218,6 +307,22 @@ class AccelerateConfig:
     name: str = MISSING
     cpu: bool = False
     mixed_precision: str = "no"  # no | bf16 | fp16
+    # DeepSpeed ZeRO (reft_exp.distributed): 0 = off (plain DDP / one device), 2 or 3 = a DeepSpeedPlugin.
+    zero_stage: int = 0
+    offload_optimizer: bool = False  # ZeRO: optimizer state in CPU memory
+    zero3_init: bool = True  # ZeRO-3: load models already partitioned (deepspeed.zero.Init)
+
+
+@dataclass
+class RolloutConfig:
+    """How sequences are generated (greedy evaluation, sampling, RL rollouts): reft_exp.engines."""
+
+    engine: str = "hf"  # hf | hf_static | vllm
+    compile: bool = True  # hf_static: torch.compile the decode step (on CPU only when compile_cpu)
+    compile_cpu: bool = False  # also compile on CPU (slow to build; off by default)
+    compile_mode: str = "reduce-overhead"  # torch.compile mode (CUDA graphs)
+    cache_pad_multiple: int = 64  # hf_static: static cache length rounded up to this (fewer recompiles)
+    vllm_gpu_memory_utilization: float = 0.3  # vllm: fraction of GPU memory for its KV cache
 
 
 @dataclass
@@ -245,16 +350,19 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "dataset": {"arith": ArithDatasetConfig, "upstream": UpstreamDatasetConfig},
     "cot": {"*": CotConfig},
     "sft": {"*": SFTConfig},
-    "method": {"sft": MethodConfig, "reft": ReFTConfig},
-    "inference": {"*": InferenceConfig},
+    "method": {"sft": MethodConfig, "reft": ReFTConfig, "offline_st": OfflineSTConfig,
+               "online_st": OnlineSTConfig},
+    "inference": {"greedy": InferenceConfig, "majority_vote": VoteInferenceConfig,
+                  "rerank": RerankInferenceConfig},
     "reward": {"*": RewardConfig},
     "executor": {"*": ExecutorConfig},
     "paths": {"*": PathsConfig},
     "accelerate": {"*": AccelerateConfig},
     "logger": {"*": LoggerConfig},
+    "rollout": {"*": RolloutConfig},
 }
 # the field of each node that picks its schema
-SCHEMA_SELECTOR = {"model": "kind", "dataset": "kind", "method": "name"}
+SCHEMA_SELECTOR = {"model": "kind", "dataset": "kind", "method": "name", "inference": "name"}
 ROOT_KEYS = set(RootConfig.__dataclass_fields__)
 IGNORED_ROOT_KEYS = {"hydra", "experiment"}
 
@@ -274,6 +382,7 @@ class RunConfig:
     paths: PathsConfig
     accelerate: AccelerateConfig
     logger: LoggerConfig
+    rollout: RolloutConfig
     root: RootConfig
     raw: DictConfig  # the resolved composed config, for the results record
 

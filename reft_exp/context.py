@@ -57,9 +57,11 @@ class RunContext:
     def cache_dir(self) -> Path:
         return Path(self.cfg.paths.cache_dir)
 
-    def note_stage(self, stage: Stage, reused: bool) -> None:
-        self.stages_used[stage.kind] = {"dir": str(stage.dir), "hash": stage.hash, "reused": reused}
-        log.info("stage %s %s: %s", stage.kind, "reused" if reused else "computed", stage.dir)
+    def note_stage(self, stage: Stage, reused: bool, name: str | None = None) -> None:
+        """Record a stage this cell used (``name`` defaults to the stage kind; several samples stages)."""
+        name = name or stage.kind
+        self.stages_used[name] = {"dir": str(stage.dir), "hash": stage.hash, "reused": reused}
+        log.info("stage %s %s: %s", name, "reused" if reused else "computed", stage.dir)
 
     @cached_property
     def base_model_path(self) -> str:

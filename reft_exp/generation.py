@@ -37,8 +37,14 @@ def generate_texts(
     add_special_tokens: bool = True,
     progress: bool = False,
     desc: str = "generate",
+    engine=None,
 ) -> list[list[str]]:
-    """For each prompt, ``num_return_sequences`` completions (decoded without special tokens)."""
+    """For each prompt, ``num_return_sequences`` completions (decoded without special tokens).
+
+    ``engine``: a :mod:`reft_exp.engines` engine; None = the process default (``rollout.engine``)."""
+    from reft_exp.engines import default_engine
+
+    engine = engine or default_engine()
     model = _unwrap(model)
     was_training = model.training
     model.eval()
@@ -48,13 +54,10 @@ def generate_texts(
     out: list[list[str] | None] = [None] * len(prompts)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     gen_kwargs = dict(
-        max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample, pad_token_id=pad_id,
-        eos_token_id=eos_id, num_return_sequences=decoding.num_return_sequences,
+        max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample, temperature=decoding.temperature,
+        top_k=decoding.top_k, top_p=decoding.top_p, pad_token_id=pad_id, eos_token_id=eos_id,
+        num_return_sequences=decoding.num_return_sequences,
     )
-    if decoding.do_sample:
-        gen_kwargs.update(temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p)
-    else:  # silence the "sampling flags set but do_sample=False" warnings of the generation config
-        gen_kwargs.update(temperature=None, top_k=None, top_p=None)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
         width = max(len(enc[i]) for i in idx)
@@ -63,7 +66,7 @@ def generate_texts(
         for row, i in enumerate(idx):
             ids[row, width - len(enc[i]) :] = torch.tensor(enc[i])
             attn[row, width - len(enc[i]) :] = 1
-        seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **gen_kwargs)
+        seqs = engine.generate(model, ids.to(device), attn.to(device), **gen_kwargs)
         texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
         k = decoding.num_return_sequences
         for row, i in enumerate(idx):
@@ -75,13 +78,14 @@ def generate_texts(
 
 def generate_distributed(accelerator, model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig,
                          batch_size: int, add_special_tokens: bool = True, progress: bool = False,
-                         desc: str = "generate") -> list[list[str]]:
+                         desc: str = "generate", engine=None) -> list[list[str]]:
     """Shard prompts over processes, generate, gather in the original order (every process gets all)."""
     from accelerate.utils import gather_object
 
     if accelerator is None or accelerator.num_processes == 1:
-        return generate_texts(model, tokenizer, prompts, decoding, batch_size, add_special_tokens, progress, desc)
+        return generate_texts(model, tokenizer, prompts, decoding, batch_size, add_special_tokens, progress, desc,
+                              engine)
     with accelerator.split_between_processes(list(prompts)) as shard:
         local = generate_texts(model, tokenizer, shard, decoding, batch_size, add_special_tokens,
-                               progress and accelerator.is_main_process, desc)
+                               progress and accelerator.is_main_process, desc, engine)
     return gather_object(local)

@@ -22,7 +22,10 @@ def build_prompt(question: str, cot: str, with_header: bool = False) -> str:
 
 
 def build_target(record: dict, cot: str) -> str:
-    """The SFT target (EOS is appended by the tokenization step)."""
+    """The SFT target (EOS is appended by the tokenization step). A record carrying ``target`` (a sampled
+    chain of thought kept by offline self-training) is trained on that text as is."""
+    if "target" in record:
+        return record["target"]
     if cot == "n":
         return f"{record['answer_cot']}{TRIGGER_SPLIT}{record['answer_value']}"
     if cot == "p":

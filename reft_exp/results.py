@@ -16,6 +16,10 @@ from reft_exp.utils import atomic_write_json, hardware, versions
 RECORD_VERSION = 1
 
 
+class RecordError(ValueError):
+    """A results record that cannot be read or comes from an incompatible reft_exp version (one line)."""
+
+
 def cell_id(cfg: RunConfig) -> str:
     c = cfg.coordinates
     cid = f"{c['model']}__{c['dataset']}__{c['cot']}__{c['method']}__{c['inference']}__seed{c['seed']}"
@@ -71,10 +75,15 @@ def read_record(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not a valid results record ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordError(f"{path}: not a valid results record ({err}); delete it or re-run the cell with "
+                          f"overwrite=true") from None
+    if not isinstance(rec, dict):
+        raise RecordError(f"{path}: not a valid results record (a JSON {type(rec).__name__}, expected an "
+                          f"object)")
     version = rec.get("record_version")
     if version != RECORD_VERSION:
-        raise ValueError(f"{path}: results record version {version!r}, this reft_exp reads version "
-                         f"{RECORD_VERSION}; re-run the cell or use a matching reft_exp version")
+        raise RecordError(f"{path}: results record version {version!r}, this reft_exp reads version "
+                          f"{RECORD_VERSION}; re-run the cell (overwrite=true), point paths.results_dir to a "
+                          f"new folder or use a matching reft_exp version")
     return rec

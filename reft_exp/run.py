@@ -7,8 +7,10 @@ accuracy with the chosen inference mode and writes one results record under ``re
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +19,42 @@ from omegaconf import DictConfig, OmegaConf
 from reft_exp.config import ConfigError, HubModelConfig, RunConfig, validate
 
 log = logging.getLogger("reft_exp")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the app's config_path below
+# Hydra flags that point it at another config tree: the group pre-check below then leaves checking to Hydra.
+_OTHER_CONFIG_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name",
+                       "--experimental-rerun")
+
+
+def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Fail with one line for ``group=option`` overrides naming an option that has no YAML file.
+
+    Hydra reports these itself, but as a multi-line block ("Could not find ...", options, search path, a
+    HYDRA_FULL_ERROR hint) with exit code 1; this check gives the app's one-line error and exit code 2.
+    Anything it does not understand (sweep functions, quoting, interpolations, Hydra's own groups) is left
+    to Hydra.
+    """
+    if any(a.split("=", 1)[0] in _OTHER_CONFIG_FLAGS for a in argv):
+        return
+    for arg in argv:
+        if arg.startswith(("-", "~")) or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+").split("@", 1)[0]
+        if key.startswith("hydra") or "." in key or not key or not (conf_dir / key).is_dir():
+            continue
+        if not value or any(c in value for c in "()[]{}'\"$*?"):
+            continue
+        options = sorted(f.stem for f in (conf_dir / key).glob("*.yaml"))
+        for option in (v.strip() for v in value.split(",")):
+            if option != "null" and option not in options:
+                raise ConfigError(f"{key}={option}: no such option (conf/{key}/{option}.yaml not found). "
+                                  f"Available options: {', '.join(options) or '(none)'}")
+
+
+def fail(kind: str, err: BaseException) -> None:
+    """The app's error exit: one line ``reft_exp: <kind>: <message>`` on stderr, exit code 2."""
+    print(f"reft_exp: {kind}: {' '.join(str(err).splitlines())}", file=sys.stderr)
+    sys.exit(2)
 
 
 def check_supported(cfg: RunConfig) -> None:
@@ -47,10 +85,11 @@ def run_cell(cfg: RunConfig) -> dict:
     """Run one grid cell end to end and return its results record."""
     import torch
     import transformers
-    from accelerate import Accelerator
 
     from reft_exp.context import RunContext
     from reft_exp.data import load_splits
+    from reft_exp.distributed import build_accelerator
+    from reft_exp.engines import make_engine, set_default_engine
     from reft_exp.inference import INFERENCE
     from reft_exp.methods import METHODS
     from reft_exp.results import build_record, cell_id, config_hash, read_record, record_path, write_record
@@ -69,7 +108,8 @@ def run_cell(cfg: RunConfig) -> dict:
                     "it (use tag=... to keep both)", cell_id(cfg), path)
     if cfg.root.num_threads:
         torch.set_num_threads(cfg.root.num_threads)
-    accelerator = Accelerator(cpu=cfg.accelerate.cpu, mixed_precision=cfg.accelerate.mixed_precision)
+    accelerator = build_accelerator(cfg.accelerate)  # one device, DDP or DeepSpeed ZeRO-2/3
+    set_default_engine(make_engine(cfg.rollout))  # generation engine of every stage (rollout.engine)
     seed_everything(cfg.root.seed + accelerator.process_index, cfg.root.deterministic)  # upstream: seed + rank
     start = time.perf_counter()
     tracker = make_tracker(cfg.logger, cell_id(cfg), OmegaConf.to_container(cfg.raw, resolve=True),
@@ -102,11 +142,52 @@ def main(cfg: DictConfig) -> float:
         run_cfg = validate(cfg, dict(HydraConfig.get().runtime.choices))
         check_supported(run_cfg)
     except ConfigError as err:
-        print(f"reft_exp: config error: {err}", file=sys.stderr)
-        sys.exit(2)
-    record = run_cell(run_cfg)
+        fail("config error", err)
+    from reft_exp.data.upstream import DataError
+    from reft_exp.results import RecordError
+
+    try:
+        record = run_cell(run_cfg)
+    except ConfigError as err:
+        fail("config error", err)
+    except DataError as err:
+        fail("data error", err)
+    except RecordError as err:
+        fail("results error", err)
     return float(record["accuracy"])
 
 
+def _hydra_error_line(err: BaseException) -> str:
+    """One line from a Hydra composition error: its message (minus the config search path) and the cause."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    lines = []
+    for line in str(err).splitlines():
+        if line.startswith("Config search path"):
+            break
+        lines.append(line.strip())
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        lines.append(f"({str(err.__cause__).splitlines()[0]})")
+    return " ".join(ln for ln in lines if ln)
+
+
+def app() -> None:
+    """``python -m reft_exp.run``: every configuration mistake ends in one ``reft_exp: ...`` line, exit 2."""
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as err:
+        fail("config error", err)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # the user asked for Hydra's full tracebacks
+        main()
+        return
+    from hydra.errors import CompactHydraException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises its composition errors instead of printing them
+    try:
+        main()
+    except CompactHydraException as err:
+        fail("config error", _hydra_error_line(err))
+
+
 if __name__ == "__main__":
-    main()
+    app()

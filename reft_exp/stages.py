@@ -14,7 +14,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from reft_exp.utils import atomic_write_json
 
@@ -50,7 +50,18 @@ class Stage:
 
     @property
     def done(self) -> bool:
-        return (self.dir / DONE_MARKER).exists()
+        """The completion marker exists and reads; an unreadable one (damaged by hand or disk) counts as not
+        done, with a warning, so the stage is computed again (resuming from its training state if any)."""
+        marker = self.dir / DONE_MARKER
+        if not marker.exists():
+            return False
+        try:
+            json.loads(marker.read_text())
+        except (OSError, ValueError) as err:
+            log.warning("stage %s: unreadable completion marker %s (%s); computing the stage again",
+                        self.kind, marker, err)
+            return False
+        return True
 
     def meta(self) -> dict[str, Any]:
         return json.loads((self.dir / DONE_MARKER).read_text())
@@ -62,8 +73,16 @@ class Stage:
     def lock(self) -> Iterator[None]:
         """Exclusive while a job computes this stage; another job needing it blocks here."""
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.dir) + ".lock"):
+        lock = FileLock(str(self.dir) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("stage %s is being computed by another job (%s); waiting for it", self.kind, self.dir)
+            lock.acquire()
+        try:
             yield
+        finally:
+            lock.release()
 
     def prepare(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -71,8 +90,22 @@ class Stage:
         return self.dir
 
 
-def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any]]) -> bool:
+def _verified(stage: Stage, verify: Callable[[Path], None]) -> bool:
+    try:
+        verify(stage.dir)
+    except Exception as err:  # whatever the check found, the stage cannot be reused as it is
+        log.warning("stage %s is complete but unusable (%s); computing it again", stage.kind,
+                    " ".join(str(err).splitlines()))
+        return False  # the marker stays until the new one replaces it: readers never find none
+    return True
+
+
+def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any]],
+              verify: Callable[[Path], None] | None = None) -> bool:
     """Compute ``stage`` unless complete; returns True when it was reused.
+
+    ``verify(folder)`` checks a complete stage's files (e.g. checkpoint checksums) before reuse; if it raises,
+    the stage is computed again, with a warning.
 
     The main process holds the stage's file lock for the whole computation, so another job needing the
     same stage waits and then reuses it. Every process runs ``compute`` (training is collective); the
@@ -87,7 +120,7 @@ def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any
     with stage.lock() if main else nullcontext():
         if multi:
             accelerator.wait_for_everyone()
-        decision = [stage.done]
+        decision = [stage.done and (verify is None or _verified(stage, verify))] if main else [None]
         if multi:
             broadcast_object_list(decision, from_process=0)
         if decision[0]:
@@ -100,6 +133,7 @@ def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any
             accelerator.wait_for_everyone()
         if main:
             stage.mark_done(meta)
+            log.info("stage %s complete: %s", stage.kind, stage.dir)
         if multi:
             accelerator.wait_for_everyone()
     return False

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf, open_dict
 from reft_exp.config import ConfigError, HubModelConfig, SFTConfig, TinyModelConfig, validate
 
 # Groups selected through the defaults list of conf/config.yaml (model_method is picked automatically).
-AUTO_GROUPS = {"model_method", "scale", "method_cot", "method_dataset_cot"}
+AUTO_GROUPS = {"model_method", "model_inference", "scale", "method_cot", "method_dataset_cot"}
 
 
 def _split(cfg):
@@ -131,3 +131,27 @@ def test_warmup_epoch_per_dataset_and_cot(tmp_path):
     for (ds, cot), epoch in expect.items():
         rc = _validate(compose([f"dataset={ds}", f"cot={cot}"], tmp_path))
         assert rc.dataset.warmup_epoch[cot] == epoch
+
+
+def test_self_training_and_inference_follow_the_spec_at_paper_scale(tmp_path):
+    rc = _validate(compose(["model=codellama-7b", "dataset=gsm8k", "method=offline_st", "inference=rerank"],
+                           tmp_path))
+    off, inf = rc.method, rc.inference
+    assert off.epochs == 20 and off.max_correct_per_question == 10 and off.include_ground_truth
+    for s in (off.sampling, inf.sampling, inf.reranker.train_sampling):
+        assert (s.num_samples, s.temperature, s.top_k, s.top_p) == (100, 1.0, 50, 1.0)
+    r = inf.reranker
+    assert (r.lr, r.epochs, r.batch_size, r.max_length, r.warmup_ratio) == (1e-6, 3, 24, 700, 0.1)
+    on = _validate(compose(["model=codellama-7b", "dataset=gsm8k", "method=online_st"], tmp_path)).method
+    assert (on.lr, on.batch_size, on.top_k, on.sample_loss_weight, on.gt_loss_weight) == (3e-7, 4, 0, 0.5, 0.5)
+
+
+def test_tiny_consumers_share_their_samples_stages(tmp_path):
+    """Same sampling values -> the same cached samples stage: tiny rerank's test samples are tiny voting's,
+    its reranker's training samples are tiny offline self-training's."""
+    vote = _validate(compose(["inference=majority_vote"], tmp_path)).inference
+    rerank = _validate(compose(["inference=rerank"], tmp_path)).inference
+    offline = _validate(compose(["method=offline_st"], tmp_path)).method
+    assert rerank.sampling == vote.sampling
+    assert rerank.reranker.train_sampling == offline.sampling
+    assert vote.sampling.num_samples < 100  # the tiny scale's own size, from conf/model_inference/

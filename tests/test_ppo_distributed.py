@@ -1,16 +1,23 @@
 """Two CPU processes (gloo, via ``accelerate.debug_launcher``) reproduce one process on the whole batch.
 
 Checks that (1) ``masked_whiten`` with an ``Accelerator`` uses global statistics, even when the processes hold
-different padded widths, and (2) the PPO policy + value loss with the batch split across processes, and its
-gradients averaged by DDP, equals the loss and gradients of one process on the concatenated batch.
+different padded widths, (2) the PPO policy + value loss with the batch split across processes, and its
+gradients averaged by DDP, equals the loss and gradients of one process on the concatenated batch, (3) a real
+SFT epoch (``train_supervised``, length-bucketed batches) on 2 processes x batch 2 gives the weights of one
+process x batch 2 x grad_accum 2, and (4) a real ReFT ``ppo_step`` (rollout, reference, whitening, 2 PPO
+updates) on 2 processes x 2 questions moves the weights as one process on the 4 questions does.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
+import pytest
 import torch
 from accelerate import debug_launcher
+from conftest import run_config
 
 from reft_exp.rl.ppo_core import gae_advantages, masked_whiten, ppo_policy_loss, ppo_value_loss
 
@@ -101,3 +108,120 @@ def _worker() -> None:
 
 def test_split_batch_matches_single_process() -> None:
     debug_launcher(_worker, num_processes=2)
+
+
+# ---------------------------------------------------------------------------------------- real SFT / ReFT
+N_SFT, N_RL = 8, 4  # training examples of the SFT epoch, questions of the PPO step
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from reft_exp.config import TinyModelConfig
+    from reft_exp.data.arith import generate_arith
+    from reft_exp.models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("dist")
+    splits = generate_arith(3, 200, 4, "n")
+    texts = [t for r in splits["train"] for t in (r["question"], r["answer_cot"])]
+    build_tiny_model(root / "model", texts, TinyModelConfig(name="tiny", kind="tiny"))
+    return root, splits
+
+
+def _cfg(root: Path, overrides: list[str]):
+    return run_config(["accelerate=cpu", "progress=false", "inference.max_new_tokens=6", "sft.eval_batch_size=4",
+                       *overrides], root / "results")
+
+
+def _ctx(cfg, splits):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from reft_exp.context import RunContext
+    from reft_exp.tracking import Tracker
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    acc = Accelerator(cpu=True)
+    return RunContext(cfg=cfg, accelerator=acc, splits=splits, tracker=Tracker())
+
+
+def _sft_worker(cfg, root: Path, splits: dict, out: Path) -> None:
+    from reft_exp.methods.sft import train_supervised
+
+    ctx = _ctx(cfg, splits)
+    res = train_supervised(ctx, cfg.sft, splits["train"], str(root / "model"), out, warmup_epoch=1)
+    if ctx.accelerator.is_main_process:
+        (out / "result.json").write_text(json.dumps(res))
+
+
+def _ppo_worker(cfg, root: Path, records: list, out: Path) -> None:
+    from reft_exp.distributed import prepare_frozen
+    from reft_exp.methods.reft import ppo_step
+    from reft_exp.models import load_causal_lm, load_tokenizer
+    from reft_exp.rl.policy import PolicyWithValue
+
+    ctx = _ctx(cfg, {})
+    acc, rc = ctx.accelerator, cfg.method
+    folder = str(root / "model")
+    tok = load_tokenizer(folder, cfg.model)
+    torch.manual_seed(0)  # the value head's init (rank 0's is broadcast by DDP)
+    policy = PolicyWithValue(load_causal_lm(folder, cfg.model), load_causal_lm(folder, cfg.model))
+    before = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr)
+    policy, optimizer = acc.prepare(policy, optimizer)
+    ref = prepare_frozen(acc, load_causal_lm(folder, cfg.model))
+    per = len(records) // acc.num_processes
+    stats = ppo_step(ctx, rc, policy, ref, optimizer, tok, records[acc.process_index * per:][:per])
+    score = acc.reduce(torch.tensor(stats["score"]), reduction="mean").item()
+    if acc.is_main_process:
+        after = acc.unwrap_model(policy).state_dict()
+        torch.save({"delta": {k: after[k] - before[k] for k in before}, "score": score}, out)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_sft_epoch_two_processes_match_one_with_grad_accum(tiny_setup) -> None:
+    root, splits = tiny_setup
+    data = {"train": splits["train"][:N_SFT], "test": splits["test"]}
+    common = ["sft.epochs=1", "sft.batch_size=2", "sft.length_bucketing=true", "sft.warmup_ratio=0"]
+    one = _cfg(root, [*common, "sft.grad_accum=2"])
+    two = _cfg(root, [*common, "sft.grad_accum=1"])
+    debug_launcher(_sft_worker, args=(one, root, data, root / "sft1"), num_processes=1)
+    debug_launcher(_sft_worker, args=(two, root, data, root / "sft2"), num_processes=2)
+    init, w1, w2 = _weights(root / "model"), _weights(root / "sft1" / "warmup"), _weights(root / "sft2" / "warmup")
+    moved = max((w1[k] - init[k]).abs().max().item() for k in init)
+    assert moved > 1e-3  # one process really trained (2 optimizer steps at lr 3e-3)
+    for k in init:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-6, rtol=1e-4)
+    for n in ("sft1", "sft2"):
+        row = json.loads((root / n / "result.json").read_text())["epochs"][0]
+        assert row["step"] == 2 and row["tokens_per_s"] > 0
+
+
+def test_reft_ppo_step_two_processes_match_one(tiny_setup) -> None:
+    root, splits = tiny_setup
+    # top_k 1: the "sampled" rollout is the greedy one, so both layouts roll out the same responses
+    cfg = _cfg(root, ["method=reft", "method.top_k=1", "method.max_length=90", "method.lr=1e-3",
+                      "method.batch_size=2"])
+    # Questions of one prompt length: the response budget is max_length minus the batch's padded prompt
+    # width (as upstream), so a batch split across processes must not change that width.
+    from reft_exp.models import load_tokenizer
+    from reft_exp.rl.rollout import rl_prompts
+
+    tok = load_tokenizer(root / "model", cfg.model)
+    by_width: dict[int, list] = {}
+    for r in splits["train"]:
+        by_width.setdefault(len(tok(rl_prompts([r], "n")[0])["input_ids"]), []).append(r)
+    records = max(by_width.values(), key=len)[:N_RL]
+    assert len(records) == N_RL
+    debug_launcher(_ppo_worker, args=(cfg, root, records, root / "ppo1.pt"), num_processes=1)
+    debug_launcher(_ppo_worker, args=(cfg, root, records, root / "ppo2.pt"), num_processes=2)
+    one, two = torch.load(root / "ppo1.pt"), torch.load(root / "ppo2.pt")
+    assert two["score"] == pytest.approx(one["score"])
+    assert max(d.abs().max().item() for d in one["delta"].values()) > 1e-4  # the step moved the weights
+    assert one["delta"]["v_head.weight"].abs().max() > 1e-4
+    for k, d in one["delta"].items():
+        torch.testing.assert_close(two["delta"][k], d, atol=1e-6, rtol=1e-3)

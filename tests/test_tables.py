@@ -150,7 +150,7 @@ def test_table1_from_real_tiny_record(tmp_path):
 
 def test_cli_writes_six_files(runs, tmp_path, capsys):
     out = tmp_path / "tables"
-    paths = tables.main(["--runs", str(runs), "--out", str(out)])
+    paths = tables.main(["--runs", str(runs), "--out", str(out), "--no-plots"])  # plots: test_plots.py
     names = sorted(p.name for p in paths)
     assert names == sorted(f"table{i}.{e}" for i in (1, 2) for e in ("md", "csv", "tex"))
     assert all((out / n).is_file() for n in names)

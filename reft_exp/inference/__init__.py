@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reft_exp.inference import greedy
+from reft_exp.inference import greedy, majority_vote, rerank
 
-INFERENCE: dict[str, Callable[..., dict[str, Any]]] = {"greedy": greedy.run}
+INFERENCE: dict[str, Callable[..., dict[str, Any]]] = {
+    "greedy": greedy.run, "majority_vote": majority_vote.run, "rerank": rerank.run,
+}

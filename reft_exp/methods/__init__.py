@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from reft_exp.methods import reft, sft
+from reft_exp.methods import offline_st, online_st, reft, sft
 
-METHODS: dict[str, Callable[..., dict[str, Any]]] = {"sft": sft.run, "reft": reft.run}
+METHODS: dict[str, Callable[..., dict[str, Any]]] = {
+    "sft": sft.run, "offline_st": offline_st.run, "online_st": online_st.run, "reft": reft.run,
+}

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from reft_exp.checkpoint import load_train_state, save_model, save_train_state
 from reft_exp.config import ReFTConfig
 from reft_exp.context import RunContext
+from reft_exp.distributed import configure_deepspeed, prepare_frozen
 from reft_exp.evaluate import greedy_eval
 from reft_exp.methods.sft import sft_stage
 from reft_exp.models import load_causal_lm, load_tokenizer
@@ -54,6 +55,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+def rl_questions(tokenizer, train: list[dict], cot: str, max_prompt_length: int,
+                 max_questions: int | None) -> list[dict]:
+    """The RL training questions: those whose prompt fits ``max_prompt_length`` tokens (upstream filters by
+    max_input_length), then the first ``max_questions`` (None = all)."""
+    fits = [r for r in train
+            if len(tokenizer(build_prompt(r["question"], cot, with_header=True))["input_ids"]) <= max_prompt_length]
+    return fits[:max_questions]
+
+
 def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -> dict:
     acc, cfg = ctx.accelerator, ctx.cfg
     tokenizer = load_tokenizer(init_path, cfg.model)
@@ -67,14 +77,13 @@ def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -
     policy = PolicyWithValue(lm, value_lm)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr, weight_decay=rc.weight_decay,
                                   betas=tuple(rc.adam_betas), eps=rc.adam_eps)
+    configure_deepspeed(acc, rc.batch_size, 1, rc.grad_clip)  # DeepSpeed only: its batch/accum/clip values
     policy, optimizer = acc.prepare(policy, optimizer)
     acc.gradient_accumulation_steps = 1  # one optimizer step per PPO epoch (backward() divides by this)
-    ref = ref.to(acc.device)
+    ref = prepare_frozen(acc, ref)  # no optimizer state; a DeepSpeed inference engine under ZeRO-3
 
     # Questions whose prompt is too long are dropped (upstream filters by max_input_length).
-    questions = [r for r in ctx.splits["train"]
-                 if len(tokenizer(build_prompt(r["question"], ctx.cot, with_header=True))["input_ids"])
-                 <= rc.max_prompt_length][: rc.max_questions]
+    questions = rl_questions(tokenizer, ctx.splits["train"], ctx.cot, rc.max_prompt_length, rc.max_questions)
     per_step = rc.batch_size * acc.num_processes
     steps_per_epoch = len(questions) // per_step
     if steps_per_epoch == 0:

@@ -10,24 +10,32 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from reft_exp.batching import PadCollator, encode_records
-from reft_exp.checkpoint import save_model
+from reft_exp.batching import encode_records, sft_loader
+from reft_exp.checkpoint import (
+    load_train_state,
+    remove_train_state,
+    save_model,
+    save_train_state,
+    verify_model,
+)
 from reft_exp.config import SFTConfig
 from reft_exp.context import RunContext
+from reft_exp.distributed import configure_deepspeed
 from reft_exp.evaluate import greedy_eval
 from reft_exp.models import load_causal_lm, load_tokenizer
 from reft_exp.stages import Stage, run_stage
 from reft_exp.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
+STATE_DIR = "last_state"  # resumable training state, rewritten at the end of every epoch (+ ``.prev``)
 
 
 def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[dict], init_path: str,
@@ -38,10 +46,11 @@ def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[di
     model = load_causal_lm(init_path, cfg.model)
     examples = encode_records(tokenizer, train_records, ctx.cot, sft.max_length, cfg.model.add_special_tokens)
     generator = torch.Generator().manual_seed(cfg.root.seed)
-    loader = DataLoader(examples, batch_size=sft.batch_size, shuffle=True, generator=generator,
-                        collate_fn=PadCollator(tokenizer.pad_token_id))
+    loader = sft_loader(examples, sft.batch_size, generator, tokenizer.pad_token_id, sft.length_bucketing,
+                        sft.length_bucketing_pool)
     optimizer = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay,
                                   betas=tuple(sft.adam_betas), eps=sft.adam_eps)
+    configure_deepspeed(acc, sft.batch_size, sft.grad_accum, sft.grad_clip)  # DeepSpeed only
     model, optimizer, loader = acc.prepare(model, optimizer, loader)
     # accelerate steps a prepared scheduler once per process per optimizer step: count in those units.
     steps_per_epoch = math.ceil(len(loader) / sft.grad_accum)
@@ -50,12 +59,18 @@ def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[di
         optimizer, num_warmup_steps=int(sft.warmup_ratio * total_steps), num_training_steps=total_steps))
     acc.gradient_accumulation_steps = sft.grad_accum
 
-    history: list[dict] = []
-    best = {"accuracy": -1.0, "epoch": None}
-    step = 0
-    for epoch in range(1, sft.epochs + 1):
+    # Resume after the last saved epoch (model, optimizer, scheduler, RNGs incl. the data order, history).
+    state_dir, rngs = out_dir / STATE_DIR, {"data_order": generator}
+    progress = load_train_state(acc, state_dir, model, optimizer, scheduler, rngs)
+    if progress is not None:
+        log.info("%s: resuming after epoch %d (step %d) from %s", desc, progress["epoch"], progress["step"],
+                 state_dir)
+    else:
+        progress = {"epoch": 0, "step": 0, "epochs": [], "best": {"accuracy": -1.0, "epoch": None}}
+    history, best, step = progress["epochs"], progress["best"], progress["step"]
+    for epoch in range(progress["epoch"] + 1, sft.epochs + 1):
         model.train()
-        losses = []
+        losses, tokens, t_start = [], 0, time.perf_counter()  # tokens: non-pad tokens of this process
         bar = tqdm(loader, desc=f"{desc} epoch {epoch}/{sft.epochs}", disable=not (cfg.root.progress and
                                                                                   acc.is_main_process))
         with ctx.timer(f"{desc}_train"):
@@ -69,13 +84,16 @@ def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[di
                     scheduler.step()
                     optimizer.zero_grad()
                 losses.append(loss.detach().float().item())
+                tokens += int(batch["attention_mask"].sum())
                 if acc.sync_gradients:
                     step += 1
                     if step % sft.log_every_steps == 0:
                         ctx.tracker.log({f"{desc}/loss": losses[-1], f"{desc}/lr": scheduler.get_last_lr()[0]}, step)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        seconds = time.perf_counter() - t_start
+        tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
         row = {"epoch": epoch, "step": step, "train_loss": sum(losses) / max(len(losses), 1),
-               "lr": scheduler.get_last_lr()[0]}
+               "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(seconds, 1e-9)}
         if epoch % sft.eval_every_epochs == 0 or epoch == sft.epochs:
             with ctx.timer(f"{desc}_eval"):
                 res = greedy_eval(acc, model, tokenizer, ctx.splits["test"], ctx.spec,
@@ -94,6 +112,8 @@ def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[di
                  f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "-")
         if acc.is_main_process:
             atomic_write_json(out_dir / "metrics.json", {"epochs": history, "best": best})
+        save_train_state(acc, state_dir, model, optimizer,
+                         {"epoch": epoch, "step": step, "epochs": history, "best": best}, scheduler, rngs)
     acc.free_memory()  # drop the accelerator's references to this run's model/optimizer/loader
     acc.gradient_accumulation_steps = 1
     return {"epochs": history, "best_accuracy": best["accuracy"], "best_epoch": best["epoch"],
@@ -114,7 +134,14 @@ def sft_stage(ctx: RunContext, sft: SFTConfig | None = None) -> tuple[Stage, dic
     def compute(folder: Path) -> dict:
         return train_supervised(ctx, sft, ctx.splits["train"], init_path, folder, warmup_epoch, desc="sft")
 
-    reused = run_stage(stage, ctx.accelerator, compute)
+    def verify(folder: Path) -> None:  # the checkpoints later stages load: present and intact
+        saves_warmup = warmup_epoch is not None and 1 <= warmup_epoch <= sft.epochs
+        for name in ["best"] * sft.save_best + ["warmup"] * saves_warmup:
+            verify_model(folder / name)
+
+    reused = run_stage(stage, ctx.accelerator, compute, verify)
+    if not reused and ctx.accelerator.is_main_process:
+        remove_train_state(stage.dir / STATE_DIR)  # the stage is complete: its resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
 

@@ -47,8 +47,13 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tor
 
 @torch.no_grad()
 def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_length: int, temperature: float,
-                   top_k: int, top_p: float, add_special_tokens: bool = True) -> Rollout:
-    """One sampled response per record (top_k 0 = off, as upstream RL); prompt + response <= ``max_length``."""
+                   top_k: int, top_p: float, add_special_tokens: bool = True, engine=None) -> Rollout:
+    """One sampled response per record (top_k 0 = off, as upstream RL); prompt + response <= ``max_length``.
+
+    ``engine``: a :mod:`reft_exp.engines` engine; None = the process default (``rollout.engine``)."""
+    from reft_exp.engines import default_engine
+
+    engine = engine or default_engine()
     prompts = rl_prompts(records, cot)
     enc = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     width = max(len(e) for e in enc)
@@ -61,9 +66,9 @@ def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_leng
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True,
-                          temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_length - width,
-                          pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    seqs = engine.generate(model, ids.to(device), attn.to(device), do_sample=True, temperature=temperature,
+                           top_k=top_k, top_p=top_p, max_new_tokens=max_length - width, pad_token_id=pad,
+                           eos_token_id=tokenizer.eos_token_id)
     if was_training:
         model.train()
     response = seqs[:, width:]

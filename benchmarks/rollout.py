@@ -1,0 +1,78 @@
+"""Rollout engine throughput: an engine (default ``hf_static``) versus plain ``hf`` generate.
+
+Same random-init model, same GSM8K test prompts, same run. Each engine first runs one warm-up batch (its
+compile / cache allocation), then every batch is timed; the output is generated tokens/s (non-pad response
+tokens) for both and the ratio. Greedy by default (``--sample`` samples as ReFT rollouts do: temperature 1,
+top_k 0, top_p 1). A random model rarely emits EOS, so nearly every row runs to ``--max-new-tokens``.
+
+    python benchmarks/rollout.py --size cpu --prompts 16 --batch-size 8 --max-new-tokens 32
+    python benchmarks/rollout.py --size 1b --prompts 256 --batch-size 64 --max-new-tokens 300   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _common import (
+    build_model,
+    build_tokenizer,
+    device_and_dtype,
+    device_name,
+    gsm8k_records,
+    n_params,
+    timed,
+    write_json,
+)
+
+from reft_exp.config import RolloutConfig
+from reft_exp.engines import make_engine
+from reft_exp.generation import DecodingConfig, generate_texts
+from reft_exp.prompts import build_prompt
+
+
+def run_engine(engine, model, tok, prompts, decoding, batch_size) -> dict:
+    generate_texts(model, tok, prompts[:batch_size], decoding, batch_size, engine=engine)  # warm-up
+    torch.manual_seed(0)
+    outs, seconds = timed(lambda: generate_texts(model, tok, prompts, decoding, batch_size, engine=engine))
+    tokens = sum(len(tok(o[0], add_special_tokens=False)["input_ids"]) for o in outs)
+    return {"engine": engine.name, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "outputs": [o[0] for o in outs]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="cpu", choices=["cpu", "100m", "1b", "7b"])
+    ap.add_argument("--engine", default="hf_static", choices=["hf_static", "vllm"])
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--sample", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="hf_static without torch.compile")
+    ap.add_argument("--records", type=int, default=2000, help="GSM8K training records (tokenizer, questions)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+
+    device, dtype = device_and_dtype()
+    tok = build_tokenizer(args.size, gsm8k_records("train", args.records))
+    model = build_model(args.size, tok, device, dtype).eval()
+    prompts = [build_prompt(r["question"], "n") for r in gsm8k_records("test", args.prompts)]
+    decoding = DecodingConfig(do_sample=args.sample, max_new_tokens=args.max_new_tokens)
+    engine = make_engine(RolloutConfig(engine=args.engine, compile=not args.no_compile))
+    base = run_engine(make_engine(RolloutConfig(engine="hf")), model, tok, prompts, decoding, args.batch_size)
+    ours = run_engine(engine, model, tok, prompts, decoding, args.batch_size)
+    same = sum(a == b for a, b in zip(base.pop("outputs"), ours.pop("outputs")))
+    ratio = ours["tokens_per_s"] / base["tokens_per_s"]
+    print(f"rollout benchmark on {device_name()}: size {args.size} ({n_params(model) / 1e6:.1f}M params, {dtype}), "
+          f"{len(prompts)} prompts, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
+          f"{'sampled' if args.sample else 'greedy'}")
+    for r in (base, ours):
+        print(f"  {r['engine']:<10} {r['tokens_per_s']:10.1f} tokens/s  ({r['tokens']} tokens, {r['seconds']:.2f} s)")
+    print(f"  ratio {engine.name}/hf: {ratio:.2f}x; identical outputs {same}/{len(prompts)}")
+    write_json(args.json, {"benchmark": "rollout", "device": device_name(), "size": args.size,
+                           "params": n_params(model), "baseline": base, "ours": ours, "ratio": ratio,
+                           "identical_outputs": same, "prompts": len(prompts), "args": vars(args)})
+
+
+if __name__ == "__main__":
+    main()

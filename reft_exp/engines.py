@@ -1,0 +1,199 @@
+"""Rollout engines: one interface for every place that generates (greedy evaluation, sampling, RL rollouts).
+
+An engine takes left-padded prompt ids and returns what ``model.generate`` returns: ``[B * k, P + T]`` rows,
+the prompt columns first, then the generated tokens, right-padded with the pad id after each EOS. The
+sampling semantics are the same in every engine (temperature, top-k with 0 = off, top-p, greedy when
+``do_sample`` is false), so switching engines changes speed, not the distribution. Chosen by
+``rollout.engine`` (``conf/rollout/``):
+
+* ``hf``: plain ``model.generate`` with the dynamic KV cache (the baseline).
+* ``hf_static``: ``model.generate`` with a static KV cache whose length is rounded up to
+  ``cache_pad_multiple`` (so later calls reuse the same shapes) and, on a GPU, a ``torch.compile``'d decode
+  step (CUDA graphs, ``compile_mode``). The optimizer updates the weights in place, so compiled graphs stay
+  valid after every PPO update and nothing has to be re-synced. On CPU the decode step is compiled only
+  with ``compile_cpu`` (the static-cache path runs either way).
+* ``vllm``: optional (``pip install vllm``); absent, it fails with a clear message. The policy's weights are
+  pushed into the vLLM engine before every generation (they change after each update).
+
+The app installs the configured engine as the process default (:func:`set_default_engine`);
+``reft_exp.generation`` and ``reft_exp.rl.rollout`` use it unless a call passes ``engine=``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+
+import torch
+
+from reft_exp.config import RolloutConfig
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("hf", "hf_static", "vllm")
+
+
+def sampling_kwargs(do_sample: bool, temperature: float, top_k: int, top_p: float) -> dict:
+    """``generate`` keyword arguments of one decoding mode, identical for every HF-based engine."""
+    if do_sample:
+        return {"do_sample": True, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+    # greedy: silence the "sampling flags set but do_sample=False" warnings of the generation config
+    return {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+
+
+class HFEngine:
+    """``model.generate`` as it is (dynamic cache)."""
+
+    name = "hf"
+
+    def __init__(self, cfg: RolloutConfig | None = None):
+        self.cfg = cfg or RolloutConfig(engine=self.name)
+
+    def extra_kwargs(self, model, width: int, max_new_tokens: int) -> dict:
+        return {}
+
+    @torch.no_grad()
+    def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                 do_sample: bool, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 num_return_sequences: int = 1, pad_token_id: int, eos_token_id: int) -> torch.Tensor:
+        kwargs = sampling_kwargs(do_sample, temperature, top_k, top_p)
+        kwargs.update(self.extra_kwargs(model, input_ids.shape[1], max_new_tokens))
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                              num_return_sequences=num_return_sequences, pad_token_id=pad_token_id,
+                              eos_token_id=eos_token_id, **kwargs)
+
+
+class HFStaticEngine(HFEngine):
+    """``model.generate`` with a static KV cache and (on GPU, or with ``compile_cpu``) a compiled decode step."""
+
+    name = "hf_static"
+
+    def compiles(self, model) -> bool:
+        device = next(model.parameters()).device
+        return self.cfg.compile and (device.type != "cpu" or self.cfg.compile_cpu)
+
+    def cache_length(self, width: int, max_new_tokens: int) -> int:
+        mult = max(self.cfg.cache_pad_multiple, 1)
+        return math.ceil((width + max_new_tokens) / mult) * mult
+
+    def extra_kwargs(self, model, width: int, max_new_tokens: int) -> dict:
+        from transformers import GenerationConfig
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            raise RuntimeError("rollout.engine=hf_static cannot run on ZeRO-3 partitioned weights; use "
+                               "rollout.engine=hf with accelerate=zero3")
+        kwargs: dict = {"cache_implementation": "static"}
+        if hasattr(GenerationConfig(), "max_cache_len"):  # transformers >= 5.2x: one cache length for all calls
+            kwargs["max_cache_len"] = self.cache_length(width, max_new_tokens)
+        if self.compiles(model):
+            from transformers import CompileConfig
+
+            compile_config = CompileConfig(mode=self.cfg.compile_mode)
+            if next(model.parameters()).device.type == "cpu":
+                compile_config._compile_all_devices = True
+            kwargs["compile_config"] = compile_config
+        else:
+            kwargs["disable_compile"] = True
+        return kwargs
+
+
+class VLLMEngine:
+    """vLLM generation; the policy's current weights are loaded into vLLM before every call."""
+
+    name = "vllm"
+
+    def __init__(self, cfg: RolloutConfig | None = None):
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ImportError("rollout.engine=vllm: vllm is not installed (pip install vllm), or use "
+                              "rollout.engine=hf or hf_static") from None
+        self.cfg = cfg or RolloutConfig(engine=self.name)
+        self._llm = None
+        self._source = None
+
+    def _engine_for(self, model):
+        from vllm import LLM
+
+        if self._llm is None or self._source is not model:
+            path = model.config._name_or_path
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+            self._llm = LLM(model=path, dtype=dtype, gpu_memory_utilization=self.cfg.vllm_gpu_memory_utilization,
+                            enforce_eager=not self.cfg.compile)
+            self._source = model
+        self._sync_weights(model)
+        return self._llm
+
+    def _sync_weights(self, model) -> None:
+        """Copy the policy's weights into vLLM's copy of the model (names are the HF checkpoint's)."""
+        weights = list(model.state_dict().items())
+        engine = self._llm.llm_engine
+        if hasattr(self._llm, "collective_rpc"):  # vLLM >= 0.7 (V1 and V0)
+            self._llm.collective_rpc(_vllm_load_weights, args=(weights,))
+        else:
+            engine.model_executor.driver_worker.model_runner.model.load_weights(weights)
+
+    @torch.no_grad()
+    def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,
+                 do_sample: bool, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 num_return_sequences: int = 1, pad_token_id: int, eos_token_id: int) -> torch.Tensor:
+        from vllm import SamplingParams
+
+        llm = self._engine_for(model)
+        params = SamplingParams(n=num_return_sequences, temperature=temperature if do_sample else 0.0,
+                                top_k=top_k if (do_sample and top_k > 0) else -1,
+                                top_p=top_p if do_sample else 1.0, max_tokens=max_new_tokens,
+                                stop_token_ids=[eos_token_id], ignore_eos=False)
+        prompts = [{"prompt_token_ids": row[mask.bool()].tolist()} for row, mask in zip(input_ids, attention_mask)]
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        gen = [list(c.token_ids) for o in outs for c in o.outputs]
+        width, longest = input_ids.shape[1], max((len(g) for g in gen), default=0)
+        result = torch.full((len(gen), width + longest), pad_token_id, dtype=torch.long)
+        result[:, :width] = input_ids.cpu().repeat_interleave(num_return_sequences, dim=0)
+        for i, g in enumerate(gen):
+            result[i, width : width + len(g)] = torch.tensor(g, dtype=torch.long)
+        return result.to(input_ids.device)
+
+
+def _vllm_load_weights(worker, weights) -> None:  # runs inside each vLLM worker
+    worker.model_runner.model.load_weights(weights)
+
+
+def make_engine(cfg: RolloutConfig | None):
+    """The engine named by ``cfg.engine`` (None = the ``hf`` baseline)."""
+    cfg = cfg or RolloutConfig()
+    if cfg.engine == "hf":
+        return HFEngine(cfg)
+    if cfg.engine == "hf_static":
+        return HFStaticEngine(cfg)
+    if cfg.engine == "vllm":
+        return VLLMEngine(cfg)
+    raise ValueError(f"rollout.engine={cfg.engine!r} is not one of {list(ENGINES)}")
+
+
+_DEFAULT: list = []
+
+
+def default_engine():
+    """The process-wide engine installed by the app (``hf`` when none was)."""
+    if not _DEFAULT:
+        _DEFAULT.append(HFEngine())
+    return _DEFAULT[0]
+
+
+def set_default_engine(engine) -> None:
+    _DEFAULT[:] = [engine]
+
+
+@contextlib.contextmanager
+def using_engine(engine) -> Iterator:
+    """Temporarily make ``engine`` the default (benchmarks, tests)."""
+    previous = list(_DEFAULT)
+    set_default_engine(engine)
+    try:
+        yield engine
+    finally:
+        _DEFAULT[:] = previous

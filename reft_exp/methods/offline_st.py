@@ -1,0 +1,75 @@
+"""Offline self-training (upstream baseline): learn from the warm-up model's own correct samples.
+
+1. Sample ``K`` responses per TRAIN question from the SFT warm-up checkpoint (a cached ``samples`` stage,
+   shared with the reranker's training data);
+2. keep up to ``max_correct_per_question`` unique correct ones per question, plus the ground truth
+   (:func:`reft_exp.voting.select_offline_samples`);
+3. fine-tune the BASE model on that set with the SFT recipe (the ``sft`` node) for ``epochs`` epochs,
+   greedy test accuracy every epoch, best epoch reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+from reft_exp.config import OfflineSTConfig
+from reft_exp.context import RunContext
+from reft_exp.methods.sft import sft_stage, train_supervised
+from reft_exp.prompts import build_target
+from reft_exp.sampling import SampleSet, sample_stage
+from reft_exp.stages import Stage, run_stage
+from reft_exp.voting import select_offline_samples
+
+log = logging.getLogger(__name__)
+
+
+def offline_records(train: list[dict], samples: SampleSet, oc: OfflineSTConfig, cot: str) -> list[dict]:
+    """The self-training set: per question its kept correct samples (+ the ground truth), as records whose
+    ``target`` is the text to learn. Questions that were not sampled keep only their ground truth."""
+    by_id = {r["item_id"]: r for r in samples.rows}
+    out = []
+    for rec in train:
+        truth = build_target(rec, cot)
+        row = by_id.get(rec["item_id"])
+        texts = [s["text"] for s in row["samples"]] if row else []
+        correct = [s["correct"] for s in row["samples"]] if row else []
+        kept = select_offline_samples(texts, correct, truth, oc.max_correct_per_question)
+        if not oc.include_ground_truth:
+            kept = kept[:-1]
+        out += [{"item_id": rec["item_id"], "question": rec["question"], "target": t} for t in kept]
+    return out
+
+
+def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
+    cfg, oc = ctx.cfg, ctx.cfg.method
+    sft, _ = sft_stage(ctx)
+    samples = sample_stage(ctx, sft.dir / "warmup", "train", oc.sampling)
+    records = offline_records(ctx.splits["train"], samples, oc, ctx.cot)
+    n_sampled = len(records) - len(ctx.splits["train"]) * oc.include_ground_truth
+    log.info("offline_st: %d training examples (%d self-generated + %d ground truth)", len(records), n_sampled,
+             len(records) - n_sampled)
+    recipe = replace(cfg.sft, epochs=oc.epochs)
+    key = {"samples": samples.stage.hash, "offline_st": oc, "sft": recipe, "seed": cfg.root.seed,
+           "base": ctx.base_model_path, "max_new_tokens": cfg.inference.max_new_tokens,
+           "mixed_precision": cfg.accelerate.mixed_precision}
+    stage = Stage(ctx.cache_dir, "offline_st", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
+                  key)
+
+    def compute(folder: Path) -> dict:
+        out = train_supervised(ctx, recipe, records, ctx.base_model_path, folder, None, desc="offline_st")
+        return out | {"examples": len(records), "self_generated": n_sampled,
+                      "samples_stage": str(samples.stage.dir), "sample_accuracy": samples.stage.meta()[
+                          "sample_accuracy"]}
+
+    reused = run_stage(stage, ctx.accelerator, compute)
+    ctx.note_stage(stage, reused)
+    return stage, stage.meta()
+
+
+def run(ctx: RunContext) -> dict:
+    """``method=offline_st``: the best epoch's greedy accuracy of the base model trained on self-samples."""
+    stage, meta = offline_st_stage(ctx)
+    return {"train": meta, "checkpoint": str(stage.dir / "best"), "examples": meta["examples"],
+            "self_generated": meta["self_generated"], "samples_stage": meta["samples_stage"]}

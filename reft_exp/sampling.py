@@ -1,0 +1,120 @@
+"""Sampling as a cached stage: K completions per question from a named checkpoint on a split, each scored
+once and stored as JSONL, reused by every consumer (offline self-training, majority voting, reranking).
+
+A samples stage is keyed by the checkpoint (its stage folder name, which carries the hash of everything
+that determined it, plus the checkpoint name), the split, the decoding values, the data and the reward
+settings. Two cells asking for the same samples therefore read one file: the sampler runs once.
+
+``samples.jsonl``: one line per question::
+
+    {"item_id": ..., "gold": ..., "samples": [{"text": <full CoT>, "pred": ..., "correct": bool,
+                                               "score": <reward>}, ...]}
+
+``text`` is the chain of thought as an SFT target would hold it: for P-CoT the program header (part of the
+prompt at sampling time, as upstream) is put back in front of the completion.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reft_exp.answers import parse_gold, reward
+from reft_exp.config import SamplingConfig
+from reft_exp.context import RunContext
+from reft_exp.evaluate import score_completions
+from reft_exp.generation import DecodingConfig, generate_distributed
+from reft_exp.models import load_causal_lm, load_tokenizer
+from reft_exp.prompts import program_header
+from reft_exp.rl.rollout import rl_prompts
+from reft_exp.stages import Stage, run_stage
+from reft_exp.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass
+class SampleSet:
+    stage: Stage
+    rows: list[dict]  # one per question, in split order
+
+    @property
+    def path(self) -> Path:
+        return self.stage.dir / SAMPLES_FILE
+
+
+def checkpoint_id(checkpoint: str | Path) -> str:
+    """``<stage folder>/<checkpoint>``: the stage folder name ends with the hash of its config."""
+    p = Path(checkpoint)
+    return f"{p.parent.name}/{p.name}"
+
+
+def draw_samples(ctx: RunContext, checkpoint: str | Path, records: Sequence[dict], sc: SamplingConfig,
+                 desc: str = "sample") -> list[dict]:
+    """Generate ``sc.num_samples`` completions per record from ``checkpoint`` and score each."""
+    cfg, acc = ctx.cfg, ctx.accelerator
+    tokenizer = load_tokenizer(checkpoint, cfg.model)
+    model = load_causal_lm(checkpoint, cfg.model).to(acc.device)
+    decoding = DecodingConfig(do_sample=True, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p,
+                              max_new_tokens=sc.max_new_tokens, num_return_sequences=sc.num_samples)
+    # Fixed sampling seed per (run seed, process): the samples are a function of the stage key.
+    torch.manual_seed(cfg.root.seed + acc.process_index)
+    outs = generate_distributed(acc, model, tokenizer, rl_prompts(records, ctx.cot), decoding, sc.batch_size,
+                                cfg.model.add_special_tokens, cfg.root.progress and acc.is_main_process, desc)
+    del model
+    flat_records = [r for r in records for _ in range(sc.num_samples)]
+    texts = [c for per_q in outs for c in per_q]
+    if ctx.cot == "p":  # the header was in the prompt: the program is header + completion
+        texts = [program_header(r["question"]) + t for r, t in zip(flat_records, texts)]
+    scored = score_completions(flat_records, texts, ctx.spec, ctx.executor_if_needed)
+    rows = []
+    for i, rec in enumerate(records):
+        chunk = scored[i * sc.num_samples : (i + 1) * sc.num_samples]
+        gold = parse_gold(rec["answer_value"], ctx.spec)
+        rows.append({"item_id": rec["item_id"], "gold": gold, "samples": [
+            {"text": s["completion"], "pred": s["pred"], "correct": bool(s["correct"]),
+             "score": reward(s["pred"], gold, ctx.spec)} for s in chunk]})
+    return rows
+
+
+def sample_stage(ctx: RunContext, checkpoint: str | Path, split: str, sc: SamplingConfig) -> SampleSet:
+    """The samples of ``checkpoint`` on ``split``: drawn once (a cached stage), then read from disk."""
+    cfg = ctx.cfg
+    records = ctx.splits[split][: sc.max_questions] if sc.max_questions else ctx.splits[split]
+    ckpt = checkpoint_id(checkpoint)
+    key = {"checkpoint": ckpt, "split": split, "sampling": sc, "dataset": cfg.dataset, "cot": ctx.cot,
+           "reward": cfg.reward, "seed": cfg.root.seed, "mixed_precision": cfg.accelerate.mixed_precision}
+    label = f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_{split}_k{sc.num_samples}"
+    stage = Stage(ctx.cache_dir, "samples", label, key)
+
+    def compute(folder: Path) -> dict:
+        with ctx.timer(f"sample_{split}"):
+            rows = draw_samples(ctx, checkpoint, records, sc, desc=f"sample {split} x{sc.num_samples}")
+        if ctx.accelerator.is_main_process:
+            atomic_write_text(folder / SAMPLES_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+        n = sum(len(r["samples"]) for r in rows)
+        n_correct = sum(s["correct"] for r in rows for s in r["samples"])
+        meta = {"checkpoint": str(checkpoint), "split": split, "questions": len(rows), "samples": n,
+                "sample_accuracy": n_correct / max(n, 1),
+                "any_correct": sum(any(s["correct"] for s in r["samples"]) for r in rows) / max(len(rows), 1)}
+        log.info("samples %s of %s: %d questions x %d, %.1f%% correct, %.1f%% of questions with one correct",
+                 split, ckpt, len(rows), sc.num_samples, 100 * meta["sample_accuracy"], 100 * meta["any_correct"])
+        return meta
+
+    reused = run_stage(stage, ctx.accelerator, compute)
+    ctx.note_stage(stage, reused, name=f"samples_{split}")
+    rows = read_samples(stage.dir / SAMPLES_FILE)
+    if [r["item_id"] for r in rows] != [r["item_id"] for r in records]:
+        raise RuntimeError(f"{stage.dir / SAMPLES_FILE}: its questions are not those of the {split} split "
+                           f"(stale or foreign cache?); delete the folder to resample")
+    return SampleSet(stage=stage, rows=rows)
+
+
+def read_samples(path: str | Path) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
