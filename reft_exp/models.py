@@ -30,7 +30,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def train_tiny_tokenizer(texts: Iterable[str], cfg: TinyModelConfig) -> PreTrainedTokenizerBase:
-    """A byte-level BPE whose pre-tokenizer splits every digit into its own token.
+    """A byte-level BPE whose pre-tokenizer splits every digit and every newline into its own token.
 
     Short sequences make the tiny model fast on a CPU; single-digit tokens make arithmetic learnable.
     Byte-level BPE round-trips text exactly, so answers and programs decode unchanged.
@@ -40,6 +40,10 @@ def train_tiny_tokenizer(texts: Iterable[str], cfg: TinyModelConfig) -> PreTrain
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
+        # A newline is always a token of its own (as in the Llama/Galactica vocabularies): otherwise BPE merges
+        # it with the next line's indentation, and a prompt ending with the P-CoT header's newline (RL and
+        # sampling prompts) would end mid-token, a boundary the model never saw in training.
+        pre_tokenizers.Split(pattern="\n", behavior="isolated"),
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])

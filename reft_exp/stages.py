@@ -21,7 +21,7 @@ from reft_exp.utils import atomic_write_json
 log = logging.getLogger(__name__)
 DONE_MARKER = "STAGE_DONE.json"
 # Bump when a stage's on-disk layout or semantics change, so old caches are not reused silently.
-STAGE_FORMAT_VERSION = 1
+STAGE_FORMAT_VERSION = 2  # 2: the tiny tokenizer isolates newlines
 
 
 def _plain(obj: Any) -> Any:

@@ -43,3 +43,35 @@ def test_sft_raises_greedy_accuracy_from_zero(sft_record, results):
     assert sft_record["best_accuracy"] >= 0.30
     assert losses[-1] < 0.25 * losses[0]
 
+
+
+# Online self-training from the warm-up (epoch 4) of the SFT run above: the tiny defaults, 2 epochs x 20 steps
+# of 64 questions.
+ONLINE = [*SFT, "method=online_st", "method.eval_batch_size=200"]
+
+
+def test_online_self_training_improves_over_the_warmup(sft_record, results):
+    rec = run_cell(run_config(ONLINE, results))
+    accs = [e["test_accuracy"] for e in rec["epochs"]]
+    kept = [e["correct"] for e in rec["epochs"][1:]]
+    print(f"online self-training: warm-up {accs[0]:.3f}, per epoch {accs[1:]}; kept fraction {kept}")
+    assert rec["stages"]["sft"]["reused"] is True and rec["method"]["init_checkpoint"].endswith("warmup")
+    assert rec["best_accuracy"] >= accs[0] + 0.02
+    assert min(kept) > 0.1  # the loop really learns from its own correct samples
+
+
+# Reranking the SFT model's samples: the reranker is trained on the warm-up's samples of 600 training
+# questions (a quarter of them held out) and must rank held-out samples better than chance.
+RERANK = [*SFT, "inference=rerank", "inference.sampling.num_samples=8",
+          "inference.reranker.train_sampling.max_questions=600", "inference.reranker.heldout_fraction=0.25"]
+
+
+def test_reranker_beats_chance_on_heldout_samples(sft_record, results):
+    rec = run_cell(run_config(RERANK, results))
+    inf = rec["inference"]
+    rr = inf["reranker"]
+    print(f"rerank {inf['accuracy']:.3f} vote {inf['vote_accuracy']:.3f} upper {inf['upper_bound']:.3f} "
+          f"greedy {inf['greedy_accuracy']:.3f}; reranker held-out AUC {rr['heldout_auc']:.3f}, accuracy "
+          f"{rr['heldout_accuracy']:.3f} (majority class {rr['heldout_chance']:.3f})")
+    assert rr["heldout_auc"] > 0.6
+    assert 0 < inf["accuracy"] <= inf["upper_bound"] and inf["vote_accuracy"] <= inf["upper_bound"]

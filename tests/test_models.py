@@ -33,6 +33,20 @@ def test_tokenizer_round_trips_and_splits_digits(tiny_dir):
     assert [p for p in pieces if p.strip("Ġ").isdigit()] == ["1", "2", "8"]
 
 
+def test_pcot_header_in_the_prompt_ends_on_a_token_boundary(tiny_dir):
+    """RL and sampling prompts end with the P-CoT header; SFT saw header + body as one text. The body must
+    tokenize the same either way, else the model samples from a prompt ending mid-token (regression: the
+    model then wrote a second `def solution():`)."""
+    folder, splits = tiny_dir
+    tok = AutoTokenizer.from_pretrained(folder)
+    for r in splits["p"][:50]:
+        with_header = build_prompt(r["question"], "p", with_header=True)
+        full = build_prompt(r["question"], "p") + build_target(r, "p")
+        assert full.startswith(with_header)
+        head, whole = tok(with_header)["input_ids"], tok(full)["input_ids"]
+        assert whole[: len(head)] == head
+
+
 def test_tiny_model_loads_via_auto_classes(tiny_dir):
     folder, _ = tiny_dir
     model = AutoModelForCausalLM.from_pretrained(folder)

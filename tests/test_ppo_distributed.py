@@ -16,12 +16,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import debug_launcher
 from conftest import run_config
 
 from reft_exp.rl.ppo_core import gae_advantages, masked_whiten, ppo_policy_loss, ppo_value_loss
 
 VF_COEF = 5.0
+
+
+def debug_launcher(function, args=(), num_processes: int = 2) -> None:
+    """``accelerate.debug_launcher`` with *spawned* workers. Accelerate forks, and a fork taken after the
+    test process has run torch code (its OpenMP pool is live) can deadlock the children: several launches
+    in one pytest process hung. Spawned workers start clean (the worker functions are module-level)."""
+    import tempfile
+
+    from accelerate.utils import PrepareForLaunch, patch_environment
+    from torch.multiprocessing import start_processes
+
+    with tempfile.TemporaryDirectory() as tmp, patch_environment(
+        world_size=num_processes, master_addr="127.0.0.1", master_port="29500", accelerate_mixed_precision="no",
+        accelerate_debug_rdv_file=str(Path(tmp) / "rdv"), accelerate_use_cpu="yes", gloo_socket_ifname="lo",
+    ):
+        start_processes(PrepareForLaunch(function, debug=True), args=args, nprocs=num_processes,
+                        start_method="spawn")
 LENGTHS = [7, 3, 5, 1, 6, 2]  # response lengths of the 6 sequences; rank 0 gets 0-2, rank 1 gets 3-5
 WIDTH = 7
 FEATURES = 4

@@ -117,3 +117,13 @@ def test_samples_are_drawn_once_and_reused_by_every_consumer(tmp_path, monkeypat
     assert len(calls) == 2, "offline self-training reads the warm-up samples the reranker used"
     assert offline["stages"]["samples_train"]["reused"] is True
     assert offline["method"]["examples"] >= 48  # the ground truth of every question at least
+
+
+def test_roc_auc_by_hand():
+    from reft_exp.inference.rerank import roc_auc
+
+    assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    # pairs (pos, neg): (0.6, 0.5) win, (0.6, 0.6) tie = 1/2, (0.3, 0.5) loss, (0.3, 0.6) loss -> 1.5 / 4
+    assert roc_auc([0.6, 0.3, 0.5, 0.6], [1, 1, 0, 0]) == 1.5 / 4
+    assert roc_auc([0.5, 0.7], [1, 1]) is None

@@ -97,6 +97,27 @@ def p_correct(ctx: RunContext, model, collate: ClassifierCollator, texts: Sequen
     return gather_object(probs) if multi else probs
 
 
+def roc_auc(probs: Sequence[float], labels: Sequence[int]) -> float | None:
+    """Probability that a random correct sample scores above a random wrong one (ties count half): 0.5 is
+    chance for a ranker whatever the class balance. None when one class is absent."""
+    pos = [p for p, y in zip(probs, labels) if y]
+    neg = [p for p, y in zip(probs, labels) if not y]
+    if not pos or not neg:
+        return None
+    order = sorted(range(len(probs)), key=lambda i: probs[i])
+    ranks = [0.0] * len(probs)
+    i = 0
+    while i < len(order):  # average ranks over ties
+        j = i
+        while j + 1 < len(order) and probs[order[j + 1]] == probs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
 def heldout_split(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out ``fraction`` of the QUESTIONS (all their samples), chosen by a seeded permutation."""
     ids = sorted({e["item_id"] for e in examples}, key=str)
@@ -122,15 +143,17 @@ def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples
     total = rr.epochs * len(loader) * acc.num_processes
     scheduler = acc.prepare(get_linear_schedule_with_warmup(optimizer, int(rr.warmup_ratio * total), total))
 
-    def heldout_accuracy() -> float | None:
+    def heldout_metrics() -> dict:
         if not held:
-            return None
+            return {"heldout_accuracy": None, "heldout_auc": None}
         probs = p_correct(ctx, acc.unwrap_model(model), collate, [e["text"] for e in held], rr.eval_batch_size,
                           "reranker held-out")
-        return sum((p >= 0.5) == bool(e["label"]) for p, e in zip(probs, held)) / len(held)
+        labels = [e["label"] for e in held]
+        return {"heldout_accuracy": sum((p >= 0.5) == bool(y) for p, y in zip(probs, labels)) / len(held),
+                "heldout_auc": roc_auc(probs, labels)}
 
     positive = sum(e["label"] for e in held) / max(len(held), 1)
-    history = [{"epoch": 0, "heldout_accuracy": heldout_accuracy()}]
+    history = [{"epoch": 0} | heldout_metrics()]
     for epoch in range(1, rr.epochs + 1):
         model.train()
         losses = []
@@ -145,15 +168,14 @@ def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples
             optimizer.zero_grad()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        row = {"epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1),
-               "heldout_accuracy": heldout_accuracy()}
+        row = {"epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1)} | heldout_metrics()
         history.append(row)
-        log.info("reranker epoch %d: loss %.4f held-out accuracy %s (chance %.4f)", epoch, row["train_loss"],
-                 row["heldout_accuracy"], max(positive, 1 - positive))
+        log.info("reranker epoch %d: loss %.4f held-out accuracy %s (majority class %.4f), AUC %s", epoch,
+                 row["train_loss"], row["heldout_accuracy"], max(positive, 1 - positive), row["heldout_auc"])
     save_model(acc, model, tokenizer, out_dir / RERANKER_DIR)
     acc.free_memory()
     return {"epochs": history, "train_examples": len(train), "heldout_examples": len(held),
-            "heldout_accuracy": history[-1]["heldout_accuracy"],
+            "heldout_accuracy": history[-1]["heldout_accuracy"], "heldout_auc": history[-1]["heldout_auc"],
             "heldout_chance": max(positive, 1 - positive), "train_positive_rate":
                 sum(e["label"] for e in train) / max(len(train), 1)}
 
@@ -231,6 +253,6 @@ def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
             "num_samples": ctx.cfg.inference.sampling.num_samples,
             "greedy_accuracy": method_out["train"]["best_accuracy"], "checkpoint": generator,
             "samples_stage": str(samples.stage.dir), "reranker_stage": str(stage.dir),
-            "reranker": {k: meta[k] for k in ("heldout_accuracy", "heldout_chance", "train_examples",
+            "reranker": {k: meta.get(k) for k in ("heldout_accuracy", "heldout_auc", "heldout_chance", "train_examples",
                                                "heldout_examples", "train_positive_rate")},
             "reranker_epochs": meta["epochs"]}

@@ -14,9 +14,10 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+from reft_exp.checkpoint import remove_train_state
 from reft_exp.config import OfflineSTConfig
 from reft_exp.context import RunContext
-from reft_exp.methods.sft import sft_stage, train_supervised
+from reft_exp.methods.sft import STATE_DIR, sft_stage, train_supervised
 from reft_exp.prompts import build_target
 from reft_exp.sampling import SampleSet, sample_stage
 from reft_exp.stages import Stage, run_stage
@@ -64,6 +65,8 @@ def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
                           "sample_accuracy"]}
 
     reused = run_stage(stage, ctx.accelerator, compute)
+    if not reused and ctx.accelerator.is_main_process:
+        remove_train_state(stage.dir / STATE_DIR)  # complete: the resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reft_exp.batching import PadCollator, encode_records
-from reft_exp.checkpoint import load_train_state, save_model, save_train_state
+from reft_exp.checkpoint import load_train_state, remove_train_state, save_model, save_train_state
 from reft_exp.config import OnlineSTConfig
 from reft_exp.context import RunContext
 from reft_exp.evaluate import greedy_eval
@@ -163,6 +163,8 @@ def online_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
     stage = Stage(ctx.cache_dir, "online_st", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
                   key)
     reused = run_stage(stage, ctx.accelerator, lambda folder: train_online_st(ctx, oc, init_path, folder))
+    if not reused and ctx.accelerator.is_main_process:
+        remove_train_state(stage.dir / STATE_DIR)  # complete: the resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
 

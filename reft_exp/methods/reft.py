@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from reft_exp.checkpoint import load_train_state, save_model, save_train_state
+from reft_exp.checkpoint import load_train_state, remove_train_state, save_model, save_train_state
 from reft_exp.config import ReFTConfig
 from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed, prepare_frozen
@@ -213,6 +213,8 @@ def reft_stage(ctx: RunContext) -> tuple[Stage, dict]:
            "mixed_precision": cfg.accelerate.mixed_precision}
     stage = Stage(ctx.cache_dir, "reft", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}", key)
     reused = run_stage(stage, ctx.accelerator, lambda folder: train_reft(ctx, rc, init_path, folder))
+    if not reused and ctx.accelerator.is_main_process:
+        remove_train_state(stage.dir / STATE_DIR)  # complete: the resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
 
