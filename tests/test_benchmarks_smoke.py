@@ -54,3 +54,14 @@ def test_sft_benchmark_smoke() -> None:
     out = _run_benchmark("sft.py", "--records", "200", "--batch-size", "4", "--steps", "2", "--warmup", "1",
                          "--max-length", "256")
     assert "length-bucketed" in out and "ratio bucketed/shuffled" in out
+
+
+def test_threads_benchmark_smoke() -> None:
+    completed = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "threads.py"), "--threads", "1", "2", "--batch-sizes", "4",
+         "--steps", "1", "--seq-len", "16"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+    rows = [ln.split() for ln in completed.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "2"] and rows[0][-1] == "1.00x"

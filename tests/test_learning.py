@@ -47,7 +47,7 @@ def test_sft_raises_greedy_accuracy_from_zero(sft_record, results):
 
 # Online self-training from the warm-up (epoch 4) of the SFT run above: the tiny defaults, 2 epochs x 20 steps
 # of 64 questions.
-ONLINE = [*SFT, "method=online_st", "method.eval_batch_size=200"]
+ONLINE = [*SFT, "method=online_st", "method.epochs=2", "method.eval_batch_size=200"]
 
 
 def test_online_self_training_improves_over_the_warmup(sft_record, results):
