@@ -45,9 +45,9 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke $(DEMO_ARGS)
-	$(PY) -m reft_exp.tables --runs results/runs --out results/tables
 	@echo "results records: results/runs/   (one JSON per grid cell)"
-	@echo "tables (ours beside the paper's): results/tables/table1.md, table2.md (+ .csv, .tex)"
+	@echo "tables (ours beside the paper's, rebuilt at the end of the sweep): results/tables/table1.md, table2.md (+ .csv, .tex)"
+	@echo "plots: results/plots/*.png   (rebuild by hand: python -m reft_exp.tables)"
 
 clean:
 	rm -rf outputs multirun results/runs results/cache results/tables results/plots .pytest_cache .ruff_cache
