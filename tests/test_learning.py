@@ -9,8 +9,9 @@ from reft_exp.run import run_cell
 
 pytestmark = pytest.mark.slow
 
-# The default tiny/arith cell with a smaller test split and 5 SFT epochs (about 2-3 CPU minutes).
-SFT = ["dataset.test_size=200", "sft.epochs=5", "progress=false"]
+# The default tiny/arith cell with a smaller test split and 4 SFT epochs (the last one is the warm-up that
+# the reranker's training samples come from): about 4 single-thread CPU minutes.
+SFT = ["dataset.test_size=200", "sft.epochs=4", "progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +44,6 @@ def test_sft_raises_greedy_accuracy_from_zero(sft_record, results):
     assert sft_record["best_accuracy"] >= 0.30
     assert losses[-1] < 0.25 * losses[0]
 
-
-
-# Online self-training from the warm-up (epoch 4) of the SFT run above: the tiny defaults, 2 epochs x 20 steps
-# of 64 questions.
-ONLINE = [*SFT, "method=online_st", "method.epochs=2", "method.eval_batch_size=200"]
-
-
-def test_online_self_training_improves_over_the_warmup(sft_record, results):
-    rec = run_cell(run_config(ONLINE, results))
-    accs = [e["test_accuracy"] for e in rec["epochs"]]
-    kept = [e["correct"] for e in rec["epochs"][1:]]
-    print(f"online self-training: warm-up {accs[0]:.3f}, per epoch {accs[1:]}; kept fraction {kept}")
-    assert rec["stages"]["sft"]["reused"] is True and rec["method"]["init_checkpoint"].endswith("warmup")
-    assert rec["best_accuracy"] >= accs[0] + 0.02
-    assert min(kept) > 0.1  # the loop really learns from its own correct samples
 
 
 # Reranking the SFT model's samples: the reranker is trained on the warm-up's samples of 600 training

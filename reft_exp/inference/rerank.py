@@ -41,6 +41,20 @@ log = logging.getLogger(__name__)
 RERANKER_DIR = "reranker"
 
 
+def load_classifier(path: str | Path, dtype: str, num_labels: int | None = None):
+    """``AutoModelForSequenceClassification`` without transformers' load report (from a causal LM the new
+    score head is reported "MISSING", which is expected: it is trained here)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        kwargs = {"num_labels": num_labels} if num_labels else {}
+        return AutoModelForSequenceClassification.from_pretrained(str(path), dtype=DTYPES[dtype], **kwargs)
+    finally:
+        hf_logging.set_verbosity(before)
+
+
 def reranker_examples(questions: dict[str, str], samples: SampleSet, cot: str) -> list[dict]:
     """Deduplicated (question, sample) pairs labelled 1 when the sample's answer is correct."""
     out = []
@@ -131,8 +145,7 @@ def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples
                    out_dir: Path) -> dict:
     acc, cfg = ctx.accelerator, ctx.cfg
     tokenizer = load_tokenizer(generator, cfg.model)
-    model = AutoModelForSequenceClassification.from_pretrained(generator, num_labels=2,
-                                                               dtype=DTYPES[cfg.model.dtype])
+    model = load_classifier(generator, cfg.model.dtype, num_labels=2)
     model.config.pad_token_id = cfg.model.pad_token_id
     collate = ClassifierCollator(tokenizer, rr.max_length, cfg.model.add_special_tokens)
     train, held = heldout_split(examples, rr.heldout_fraction, cfg.root.seed)
@@ -218,7 +231,7 @@ def rerank_scores(ctx: RunContext, stage: Stage, samples: SampleSet) -> list[lis
             texts.append(build_prompt(questions[row["item_id"]], ctx.cot) + s["text"])
     folder = stage.dir / RERANKER_DIR
     tokenizer = load_tokenizer(folder, cfg.model)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=DTYPES[cfg.model.dtype])
+    model = load_classifier(folder, cfg.model.dtype)
     model.config.pad_token_id = cfg.model.pad_token_id
     model.to(ctx.accelerator.device)
     with ctx.timer("reranker_score"):
