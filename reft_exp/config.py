@@ -142,17 +142,37 @@ class SFTConfig:
 
 
 @dataclass
-class ReFTConfig:
-    """ReFT = PPO from the SFT warm-up checkpoint (upstream ``train_rl_reft.py`` defaults)."""
+class RLLoopConfig:
+    """What ReFT and online self-training share: init, optimiser, one sampled response per question per
+    step, lengths, evaluation (upstream ``train_rl_reft.py`` defaults; online self-training reuses them)."""
 
-    name: str = "reft"
-    init: str = "warmup"  # which SFT checkpoint starts policy, reference and critic: warmup | best
+    name: str = MISSING
+    init: str = "warmup"  # which SFT checkpoint starts the run (policy, reference, critic): warmup | best
     epochs: int = 300
     lr: float = 3e-7  # constant (no schedule), upstream
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
     batch_size: int = 4  # questions per device per step (upstream 4 x 8 GPUs = 32), one sample each
+    grad_clip: float = 1.0
+    max_questions: int | None = None  # RL on the first N training questions only (smoke/tests); None = all
+    max_prompt_length: int = 300  # longer prompts are dropped from RL training
+    max_length: int = 700  # prompt + response
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    disable_dropout: bool = True
+    eval_every_epochs: int = 1
+    eval_batch_size: int = 64
+    log_every_steps: int = 1
+    save_best: bool = True
+
+
+@dataclass
+class ReFTConfig(RLLoopConfig):
+    """ReFT = PPO from the SFT warm-up checkpoint (upstream ``train_rl_reft.py`` defaults)."""
+
+    name: str = "reft"
     ppo_epochs: int = 2  # PPO epochs per rollout batch, one minibatch each
     clip_eps: float = 0.2
     vf_clip: float = 0.2
@@ -161,19 +181,7 @@ class ReFTConfig:
     gamma: float = 1.0  # discount (the paper's text swaps the names of gamma and lambda)
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # over the whole global batch (all processes), once per rollout
-    grad_clip: float = 1.0
-    max_questions: int | None = None  # RL on the first N training questions only (smoke/tests); None = all
-    max_prompt_length: int = 300  # longer prompts are dropped from RL training
-    max_length: int = 700  # prompt + response
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0
     critic_shared: bool = True  # value head on the policy backbone; false = separate value model (ablation)
-    disable_dropout: bool = True
-    eval_every_epochs: int = 1
-    eval_batch_size: int = 64
-    log_every_steps: int = 1
-    save_best: bool = True
 
 
 @dataclass
@@ -203,32 +211,13 @@ class OfflineSTConfig:
 
 
 @dataclass
-class OnlineSTConfig:
+class OnlineSTConfig(RLLoopConfig):
     """Online self-training: the RL loop and init of ReFT without critic, KL or reference; each step keeps
     the sampled responses with reward exactly 1, loss = w_s CE(kept) + w_gt CE(ground-truth batch)."""
 
     name: str = "online_st"
-    init: str = "warmup"  # warmup | best
-    epochs: int = 300
-    lr: float = 3e-7
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    adam_eps: float = 1e-8
-    batch_size: int = 4  # questions per device per step, one sample each
     sample_loss_weight: float = 0.5
     gt_loss_weight: float = 0.5
-    grad_clip: float = 1.0
-    max_questions: int | None = None
-    max_prompt_length: int = 300
-    max_length: int = 700
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    disable_dropout: bool = True
-    eval_every_epochs: int = 1
-    eval_batch_size: int = 64
-    log_every_steps: int = 1
-    save_best: bool = True
 
 
 # ------------------------------------------------------------------------------------------- inference

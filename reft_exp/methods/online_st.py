@@ -11,7 +11,6 @@ training state is saved at the end of every epoch).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ from reft_exp.models import load_causal_lm, load_tokenizer
 from reft_exp.rl.policy import disable_dropout
 from reft_exp.rl.ppo_core import logprobs_from_logits
 from reft_exp.rl.rollout import sample_rollout, score_rollout
+from reft_exp.rl.steps_log import StepsLog
 from reft_exp.stages import Stage, run_stage
-from reft_exp.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 STATE_DIR = "last_state"
@@ -78,10 +77,7 @@ def train_online_st(ctx: RunContext, oc: OnlineSTConfig, init_path: str, out_dir
 
     step = progress["step"]
     steps_path = out_dir / STEPS_FILE
-    if acc.is_main_process:  # drop steps logged after the checkpoint we resume from (they are redone)
-        kept = [ln for ln in (steps_path.read_text().splitlines() if steps_path.exists() else [])
-                if json.loads(ln)["step"] <= step]
-        atomic_write_text(steps_path, "".join(ln + "\n" for ln in kept))
+    steps_log = StepsLog(steps_path, step, acc.is_main_process)  # steps after the resume point are redone
     for epoch in range(progress["epoch"] + 1, oc.epochs + 1):
         order = epoch_order(len(questions), cfg.root.seed, epoch)
         sums: dict[str, float] = {}
@@ -92,9 +88,7 @@ def train_online_st(ctx: RunContext, oc: OnlineSTConfig, init_path: str, out_dir
             local = batch_ids[acc.process_index * oc.batch_size : (acc.process_index + 1) * oc.batch_size]
             stats = online_step(ctx, oc, lm, optimizer, tokenizer, collate, [questions[j] for j in local])
             step += 1
-            if acc.is_main_process:
-                with open(steps_path, "a") as f:
-                    f.write(json.dumps({"epoch": epoch, "step": step} | stats) + "\n")
+            steps_log.append(epoch, step, stats)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % oc.log_every_steps == 0:

@@ -41,8 +41,8 @@ from reft_exp.rl.ppo_core import (
     ppo_value_loss,
 )
 from reft_exp.rl.rollout import sample_rollout, score_rollout
+from reft_exp.rl.steps_log import StepsLog
 from reft_exp.stages import Stage, run_stage
-from reft_exp.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 STATE_DIR = "last_state"  # resumable training state, rewritten at the end of every epoch
@@ -114,10 +114,7 @@ def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -
 
     step = progress["step"]
     steps_path = out_dir / STEPS_FILE
-    if acc.is_main_process:  # drop steps logged after the checkpoint we resume from (they are redone)
-        kept = [ln for ln in (steps_path.read_text().splitlines() if steps_path.exists() else [])
-                if json.loads(ln)["step"] <= step]
-        atomic_write_text(steps_path, "".join(ln + "\n" for ln in kept))
+    steps_log = StepsLog(steps_path, step, acc.is_main_process)  # steps after the resume point are redone
     for epoch in range(progress["epoch"] + 1, rc.epochs + 1):
         order = epoch_order(len(questions), cfg.root.seed, epoch)
         sums: dict[str, float] = {}
@@ -129,9 +126,7 @@ def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -
             records = [questions[j] for j in local]
             stats = ppo_step(ctx, rc, policy, ref, optimizer, tokenizer, records)
             step += 1
-            if acc.is_main_process:
-                with open(steps_path, "a") as f:
-                    f.write(json.dumps({"epoch": epoch, "step": step} | stats) + "\n")
+            steps_log.append(epoch, step, stats)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % rc.log_every_steps == 0:
