@@ -83,15 +83,22 @@ def draw_samples(ctx: RunContext, checkpoint: str | Path, records: Sequence[dict
     return rows
 
 
+def samples_stage_of(ctx: RunContext, checkpoint: str | Path, split: str, sc: SamplingConfig) -> Stage:
+    """The samples stage of ``checkpoint`` on ``split`` (its folder and hash; nothing is drawn or read), so
+    that a consumer can key its own stage on it and draw the samples only when it must compute."""
+    cfg = ctx.cfg
+    key = {"checkpoint": checkpoint_id(checkpoint), "split": split, "sampling": sc, "dataset": cfg.dataset,
+           "cot": ctx.cot, "reward": cfg.reward, "seed": cfg.root.seed,
+           "mixed_precision": cfg.accelerate.mixed_precision}
+    label = f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_{split}_k{sc.num_samples}"
+    return Stage(ctx.cache_dir, "samples", label, key)
+
+
 def sample_stage(ctx: RunContext, checkpoint: str | Path, split: str, sc: SamplingConfig) -> SampleSet:
     """The samples of ``checkpoint`` on ``split``: drawn once (a cached stage), then read from disk."""
-    cfg = ctx.cfg
     records = ctx.splits[split][: sc.max_questions] if sc.max_questions else ctx.splits[split]
     ckpt = checkpoint_id(checkpoint)
-    key = {"checkpoint": ckpt, "split": split, "sampling": sc, "dataset": cfg.dataset, "cot": ctx.cot,
-           "reward": cfg.reward, "seed": cfg.root.seed, "mixed_precision": cfg.accelerate.mixed_precision}
-    label = f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_{split}_k{sc.num_samples}"
-    stage = Stage(ctx.cache_dir, "samples", label, key)
+    stage = samples_stage_of(ctx, checkpoint, split, sc)
 
     def compute(folder: Path) -> dict:
         with ctx.timer(f"sample_{split}"):

@@ -118,6 +118,16 @@ def test_samples_are_drawn_once_and_reused_by_every_consumer(tmp_path, monkeypat
     assert offline["stages"]["samples_train"]["reused"] is True
     assert offline["method"]["examples"] >= 48  # the ground truth of every question at least
 
+    # a cell that reuses the finished offline stage neither draws nor reads samples: with the samples
+    # folder gone, nothing is drawn again
+    import shutil
+
+    shutil.rmtree(offline["stages"]["samples_train"]["dir"])
+    again = run_cell(run_config([*QUICK, "method=offline_st", "method.epochs=1", "tag=again",
+                                 *[f"method.sampling.{a}" for a in TRAIN_SAMPLING]], tmp_path))
+    assert again["stages"]["offline_st"]["reused"] is True and "samples_train" not in again["stages"]
+    assert len(calls) == 2
+
 
 def test_roc_auc_by_hand():
     from reft_exp.inference.rerank import roc_auc

@@ -33,7 +33,7 @@ from reft_exp.inference.majority_vote import generator_checkpoint, samples_on_te
 from reft_exp.methods.sft import sft_stage
 from reft_exp.models import DTYPES, load_tokenizer
 from reft_exp.prompts import build_prompt
-from reft_exp.sampling import SampleSet, checkpoint_id, sample_stage
+from reft_exp.sampling import SampleSet, checkpoint_id, sample_stage, samples_stage_of
 from reft_exp.stages import Stage, run_stage
 from reft_exp.utils import atomic_write_json
 
@@ -196,14 +196,16 @@ def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples
 def reranker_stage(ctx: RunContext, generator: str) -> tuple[Stage, dict]:
     cfg, rr = ctx.cfg, ctx.cfg.inference.reranker
     sft, _ = sft_stage(ctx)
-    train_samples = sample_stage(ctx, sft.dir / "warmup", "train", rr.train_sampling)
-    key = {"generator": checkpoint_id(generator), "train_samples": train_samples.stage.hash, "reranker": rr,
+    warmup = sft.dir / "warmup"
+    key = {"generator": checkpoint_id(generator),
+           "train_samples": samples_stage_of(ctx, warmup, "train", rr.train_sampling).hash, "reranker": rr,
            "seed": cfg.root.seed, "mixed_precision": cfg.accelerate.mixed_precision}
     stage = Stage(ctx.cache_dir, "reranker", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
                   key)
     questions = {r["item_id"]: r["question"] for r in ctx.splits["train"]}
 
-    def compute(folder: Path) -> dict:
+    def compute(folder: Path) -> dict:  # the training samples are drawn (or read) only when training
+        train_samples = sample_stage(ctx, warmup, "train", rr.train_sampling)
         examples = reranker_examples(questions, train_samples, ctx.cot)
         with ctx.timer("reranker_train"):
             return train_reranker(ctx, rr, generator, examples, folder)

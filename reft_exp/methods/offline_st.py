@@ -19,7 +19,7 @@ from reft_exp.config import OfflineSTConfig
 from reft_exp.context import RunContext
 from reft_exp.methods.sft import STATE_DIR, sft_stage, train_supervised
 from reft_exp.prompts import build_target
-from reft_exp.sampling import SampleSet, sample_stage
+from reft_exp.sampling import SampleSet, sample_stage, samples_stage_of
 from reft_exp.stages import Stage, run_stage
 from reft_exp.voting import select_offline_samples
 
@@ -46,23 +46,24 @@ def offline_records(train: list[dict], samples: SampleSet, oc: OfflineSTConfig, 
 def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
     cfg, oc = ctx.cfg, ctx.cfg.method
     sft, _ = sft_stage(ctx)
-    samples = sample_stage(ctx, sft.dir / "warmup", "train", oc.sampling)
-    records = offline_records(ctx.splits["train"], samples, oc, ctx.cot)
-    n_sampled = len(records) - len(ctx.splits["train"]) * oc.include_ground_truth
-    log.info("offline_st: %d training examples (%d self-generated + %d ground truth)", len(records), n_sampled,
-             len(records) - n_sampled)
+    warmup = sft.dir / "warmup"
     recipe = replace(cfg.sft, epochs=oc.epochs)
-    key = {"samples": samples.stage.hash, "offline_st": oc, "sft": recipe, "seed": cfg.root.seed,
-           "base": ctx.base_model_path, "max_new_tokens": cfg.inference.max_new_tokens,
+    key = {"samples": samples_stage_of(ctx, warmup, "train", oc.sampling).hash, "offline_st": oc, "sft": recipe,
+           "seed": cfg.root.seed, "base": ctx.base_model_path, "max_new_tokens": cfg.inference.max_new_tokens,
            "mixed_precision": cfg.accelerate.mixed_precision}
     stage = Stage(ctx.cache_dir, "offline_st", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
                   key)
 
-    def compute(folder: Path) -> dict:
+    def compute(folder: Path) -> dict:  # the samples are drawn (or read) only when this stage is computed
+        samples = sample_stage(ctx, warmup, "train", oc.sampling)
+        records = offline_records(ctx.splits["train"], samples, oc, ctx.cot)
+        n_sampled = len(records) - len(ctx.splits["train"]) * oc.include_ground_truth
+        log.info("offline_st: %d training examples (%d self-generated + %d ground truth)", len(records),
+                 n_sampled, len(records) - n_sampled)
         out = train_supervised(ctx, recipe, records, ctx.base_model_path, folder, None, desc="offline_st")
         return out | {"examples": len(records), "self_generated": n_sampled,
-                      "samples_stage": str(samples.stage.dir), "sample_accuracy": samples.stage.meta()[
-                          "sample_accuracy"]}
+                      "samples_stage": str(samples.stage.dir),
+                      "sample_accuracy": samples.stage.meta()["sample_accuracy"]}
 
     reused = run_stage(stage, ctx.accelerator, compute)
     if not reused and ctx.accelerator.is_main_process:
