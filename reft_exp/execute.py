@@ -280,6 +280,15 @@ class ProgramExecutor:
             return []
         return [self._zygote.process.pid] + [worker.pid for worker in self._workers]
 
+    def start(self) -> ProgramExecutor:
+        """Spawn workers up to ``workers`` now instead of at the next ``run`` (which also replaces
+        workers retired by the previous batch: crashed, timed out, or still busy with a stolen copy)."""
+        if self._zygote is None:
+            raise RuntimeError("ProgramExecutor is closed")
+        while len(self._workers) < self.num_workers:
+            self._spawn()
+        return self
+
     def __enter__(self) -> ProgramExecutor:
         return self
 

@@ -1,9 +1,10 @@
 """Majority voting over sampled answers and the offline self-training selection rule (upstream
-``sampling.py`` / the ReFT paper's baselines). Pure functions; the sampling stage that feeds them is
-issue 5's remaining work."""
+``sampling.py`` / the ReFT paper's baselines). Pure functions; the samples stage (``reft_exp.sampling``)
+feeds them."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from reft_exp.answers import AnswerSpec, is_correct, vote_candidate
@@ -29,6 +30,27 @@ def majority_vote(answers: Sequence[object | None], spec: AnswerSpec) -> object 
         return None
     best = max(g[1] for g in groups)  # type: ignore[type-var]
     return next(g[0] for g in groups if g[1] == best)
+
+
+def vote_accuracy_by_k(rows: Sequence[dict], spec: AnswerSpec, ks: Sequence[int], repeats: int,
+                       seed: int) -> dict[int, float]:
+    """Vote accuracy with only K of each question's samples, for each K in ``ks``: the mean over ``repeats``
+    random K-subsets (drawn with ``seed``); K >= the number of samples uses them all once. ``rows`` are
+    samples-stage rows (``gold``, ``samples`` with ``pred``). Shows how voting scales with K from one
+    stored sample set, without drawing again."""
+    rng = random.Random(seed)
+    curve: dict[int, float] = {}
+    for k in ks:
+        hits = 0.0
+        for row in rows:
+            preds = [s["pred"] for s in row["samples"]]
+            if k >= len(preds):
+                hits += is_correct(majority_vote(preds, spec), row["gold"], spec)
+                continue
+            hits += sum(is_correct(majority_vote(rng.sample(preds, k), spec), row["gold"], spec)
+                        for _ in range(repeats)) / repeats
+        curve[k] = hits / max(len(rows), 1)
+    return curve
 
 
 def select_offline_samples(completions: Sequence[str], correct: Sequence[bool], ground_truth: str,

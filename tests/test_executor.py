@@ -449,6 +449,7 @@ def test_sandbox_processes_die_with_the_caller(tmp_path: Path) -> None:
         "from reft_exp.execute import ProgramExecutor\n"
         "executor = ProgramExecutor(workers=2)\n"
         "executor.run(['def solution():\\n    return 1'] * 20)\n"
+        "executor.start()\n"  # a worker retired at the end of the batch (work stealing under load) comes back
         "print(json.dumps(executor.pids), flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

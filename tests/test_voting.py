@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reft_exp.answers import AnswerSpec
-from reft_exp.voting import majority_vote, select_offline_samples
+from reft_exp.voting import majority_vote, select_offline_samples, vote_accuracy_by_k
 
 NUM = AnswerSpec(answer_type="numeric", cot="n")
 MCQ = AnswerSpec(answer_type="mcq", cot="n")
@@ -47,3 +47,16 @@ def test_offline_selection_with_few_or_no_correct_samples():
     assert select_offline_samples(["x", "y"], [False, False], "gold") == ["gold"]
     assert select_offline_samples(["x", "x", "gold"], [True, True, True], "gold") == ["x", "gold"]
     assert select_offline_samples(["a", "b"], [True, True], "gold", max_unique=1) == ["a", "gold"]
+
+
+def test_vote_accuracy_by_k_averages_random_subsets():
+    # one question, gold 5, samples 5 5 3: one sample is right 2/3 of the time; two samples vote 5 unless
+    # the pair is (5, 3) in the order 3-first (a tie goes to the first seen): 1/3 + 2/3 * 1/2 = 2/3; all three
+    # vote 5. A second question whose samples all miss stays at 0 for every K.
+    rows = [{"gold": "5", "samples": [{"pred": 5.0}, {"pred": 5.0}, {"pred": 3.0}]},
+            {"gold": "7", "samples": [{"pred": 1.0}, {"pred": None}, {"pred": 2.0}]}]
+    curve = vote_accuracy_by_k(rows, NUM, [1, 2, 3, 10], repeats=4000, seed=0)
+    assert abs(curve[1] - 2 / 3 / 2) < 0.02
+    assert abs(curve[2] - 2 / 3 / 2) < 0.02
+    assert curve[3] == curve[10] == 0.5
+    assert vote_accuracy_by_k(rows, NUM, [1, 2], repeats=50, seed=3) == vote_accuracy_by_k(rows, NUM, [1, 2], 50, 3)

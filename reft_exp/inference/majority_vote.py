@@ -9,7 +9,7 @@ from typing import Any
 from reft_exp.answers import is_correct
 from reft_exp.context import RunContext
 from reft_exp.sampling import SampleSet, sample_stage
-from reft_exp.voting import majority_vote
+from reft_exp.voting import majority_vote, vote_accuracy_by_k
 
 
 def generator_checkpoint(ctx: RunContext, method_out: dict[str, Any]) -> str:
@@ -29,8 +29,9 @@ def samples_on_test(ctx: RunContext, method_out: dict[str, Any]) -> SampleSet:
     return sample_stage(ctx, generator_checkpoint(ctx, method_out), "test", ctx.cfg.inference.sampling)
 
 
-def vote_stats(ctx: RunContext, samples: SampleSet) -> dict[str, float]:
-    """Vote accuracy, the upper bound (any sample correct) and the mean sample accuracy over questions."""
+def vote_stats(ctx: RunContext, samples: SampleSet) -> dict[str, Any]:
+    """Vote accuracy, the upper bound (any sample correct), the mean sample accuracy over questions and the
+    vote accuracy with fewer samples (``vote_accuracy_by_k``)."""
     n = max(len(samples.rows), 1)
     vote_ok = upper = mean_acc = 0.0
     for row in samples.rows:
@@ -38,8 +39,12 @@ def vote_stats(ctx: RunContext, samples: SampleSet) -> dict[str, float]:
         vote_ok += is_correct(winner, row["gold"], ctx.spec)
         upper += any(s["correct"] for s in row["samples"])
         mean_acc += sum(s["correct"] for s in row["samples"]) / max(len(row["samples"]), 1)
+    inf = ctx.cfg.inference
+    k_max = max((len(row["samples"]) for row in samples.rows), default=0)
+    ks = sorted({k for k in inf.curve_ks if k < k_max} | {k_max}) if k_max else []
+    curve = vote_accuracy_by_k(samples.rows, ctx.spec, ks, inf.curve_repeats, ctx.cfg.root.seed)
     return {"vote_accuracy": vote_ok / n, "upper_bound": upper / n, "sample_accuracy": mean_acc / n,
-            "questions": len(samples.rows)}
+            "questions": len(samples.rows), "vote_accuracy_by_k": {str(k): v for k, v in curve.items()}}
 
 
 def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:

@@ -165,6 +165,16 @@ def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer,
     t1 = time.perf_counter()
     score_rollout(ro, ctx.spec, ctx.executor_if_needed)
     t2 = time.perf_counter()
+    update = ppo_update(acc, rc, policy, ref, optimizer, ro)
+    t3 = time.perf_counter()
+    correct = [float(s == ctx.spec.correct_reward) for s in ro.scores.tolist()]
+    return {"score": ro.scores.mean().item(), "correct": sum(correct) / len(correct), **update,
+            "time_generate": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2}
+
+
+def ppo_update(acc, rc: ReFTConfig, policy, ref, optimizer, ro) -> dict:
+    """The learning half of a PPO step on a scored rollout: per-token KL-penalised rewards, GAE, whitening,
+    then ``ppo_epochs`` clipped policy + value updates. Returns the update's scalar stats."""
     mask = ro.response_mask
     scores = ro.scores.to(mask.device)
     with torch.no_grad():
@@ -184,18 +194,13 @@ def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer,
         acc.clip_grad_norm_(policy.parameters(), rc.grad_clip)
         optimizer.step()
         optimizer.zero_grad()
-    t3 = time.perf_counter()
-    correct = [float(s == ctx.spec.correct_reward) for s in ro.scores.tolist()]
     return {
-        "score": ro.scores.mean().item(),
-        "correct": sum(correct) / len(correct),
         "kl": (kl.sum(-1)).mean().item(),  # sequence KL to the reference (k1), mean over the batch
         "pg_loss": pg_loss.item(), "vf_loss": vf_loss.item(),
         "clipfrac": float(pg_stats["clipfrac"]), "vf_clipfrac": float(vf_stats["vf_clipfrac"]),
         "entropy": entropy_from_logits(logits.detach(), mask).item(),
         "response_length": mask.sum(-1).mean().item(),
         "mean_advantage": masked_mean(advantages, mask).item(),
-        "time_generate": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2,
     }
 
 
