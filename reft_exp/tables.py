@@ -39,7 +39,7 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -243,6 +243,7 @@ def compare(records_a: pd.DataFrame, records_b: pd.DataFrame,
 
 TRAIN_KEYS = ["model", "dataset", "cot", "method", "seed", "tag"]  # records sharing one training run
 PANEL_KEYS = ["model", "dataset", "cot"]
+VOTE_COLUMNS = TRAIN_KEYS + ["k", "vote_accuracy", "greedy_accuracy"]
 STEP_METRICS = {"score": "reward (score)", "correct": "fraction correct", "kl": "KL to the reference"}
 
 
@@ -255,12 +256,15 @@ class Curves:
     (``score``, ``correct``, ``kl``, ...). ``missing``: TRAIN_KEYS + ``steps_file``, ``reason`` for each
     record whose steps file is named but cannot be read (shown as missing in the plots).
     ``cells``: TRAIN_KEYS of every training run, with or without curves.
+    ``votes``: TRAIN_KEYS + ``k``, ``vote_accuracy``, ``greedy_accuracy`` from the majority-vote records'
+    ``vote_accuracy_by_k`` (vote accuracy with K of the samples).
     """
 
     epochs: pd.DataFrame
     steps: pd.DataFrame
     missing: pd.DataFrame
     cells: pd.DataFrame
+    votes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=VOTE_COLUMNS))
 
 
 def _training_runs(pairs: list[tuple[Path, dict]]) -> list[tuple[dict, dict]]:
@@ -289,11 +293,26 @@ def _find(steps_file: str, runs_dir: Path) -> Path:
     return alt if alt.exists() else p
 
 
+def _vote_rows(pairs: list[tuple[Path, dict]]) -> list[dict]:
+    """One row per (majority-vote record, K) from its ``vote_accuracy_by_k``."""
+    rows = []
+    for _, rec in pairs:
+        c, inf = _coords(rec), rec.get("inference") or {}
+        if c["inference"] != "majority_vote" or not inf.get("vote_accuracy_by_k"):
+            continue
+        greedy = inf.get("greedy_accuracy")
+        rows += [{k: c[k] for k in TRAIN_KEYS} | {"k": int(k), "vote_accuracy": v,
+                                                  "greedy_accuracy": math.nan if greedy is None else greedy}
+                 for k, v in inf["vote_accuracy_by_k"].items()]
+    return rows
+
+
 def load_curves(runs_dir: str | Path, tag: str | None = "") -> Curves:
     """The training curves of the complete records under ``runs_dir`` (see :class:`Curves`)."""
     runs_dir = Path(runs_dir)
+    pairs = _iter_records(runs_dir, tag)
     cells, ep_rows, step_rows, missing = [], [], [], []
-    for c, rec in _training_runs(_iter_records(runs_dir, tag)):
+    for c, rec in _training_runs(pairs):
         base = {k: c[k] for k in TRAIN_KEYS}
         cells.append(base)
         for row in rec.get("epochs") or []:
@@ -316,7 +335,8 @@ def load_curves(runs_dir: str | Path, tag: str | None = "") -> Curves:
     return Curves(epochs=pd.DataFrame(ep_rows, columns=TRAIN_KEYS + ["epoch", "test_accuracy"]),
                   steps=pd.DataFrame(step_rows) if step_rows else pd.DataFrame(columns=TRAIN_KEYS + ["step"]),
                   missing=pd.DataFrame(missing, columns=TRAIN_KEYS + ["steps_file", "reason"]),
-                  cells=pd.DataFrame(cells, columns=TRAIN_KEYS))
+                  cells=pd.DataFrame(cells, columns=TRAIN_KEYS),
+                  votes=pd.DataFrame(_vote_rows(pairs), columns=VOTE_COLUMNS))
 
 
 def _panels(*frames: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -445,6 +465,37 @@ def step_figure(curves: Curves, panel: tuple[str, str, str], smooth: int = 1):
     return fig
 
 
+def vote_figure(curves: Curves):
+    """Majority-vote accuracy against the number of samples K (log scale), one panel per (model, dataset,
+    CoT), one line per method (mean over seeds) with its greedy accuracy dashed in the same colour: where
+    voting passes greedy. None without vote curves."""
+    panels = _panels(curves.votes)
+    if not panels:
+        return None
+    fig, axes = _figure(1, len(panels))
+    colors = _method_colors(list(curves.cells["method"]) + list(curves.votes["method"]))
+    for ax, panel in zip(axes.flat, panels):
+        sub = _select(curves.votes, panel)
+        for method in _order(sub["method"], METHOD_ORDER):
+            mean = sub[sub["method"] == method].groupby("k")[["vote_accuracy", "greedy_accuracy"]].mean()
+            ax.plot(mean.index, 100 * mean["vote_accuracy"], marker="o", color=colors[method],
+                    label=f"{method}: vote")
+            greedy = mean["greedy_accuracy"].dropna()
+            if not greedy.empty:
+                ax.axhline(100 * greedy.iloc[0], color=colors[method], linestyle="--", linewidth=1,
+                           label=f"{method}: greedy")
+        ax.set_xscale("log", base=2)
+        from matplotlib.ticker import ScalarFormatter
+
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 2, 4, ... rather than powers of two
+        ax.set_title(f"{panel[0]} / {panel[1]} / {panel[2].upper()}-CoT: voting vs samples", fontsize=9)
+        ax.set_xlabel("samples per question K")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
 def rl_panels(curves: Curves) -> list[tuple[str, str, str]]:
     """The (model, dataset, CoT) that have RL step curves (a steps file, read or missing)."""
     return _panels(curves.steps, curves.missing)
@@ -455,8 +506,9 @@ def _stem(*parts: str) -> str:
 
 
 def write_plots(curves: Curves, out_dir: Path, smooth: int = 1, dpi: int = 110) -> list[Path]:
-    """``accuracy_per_epoch.png`` and one ``rl_curves__<model>__<dataset>__<cot>.png`` per (model, dataset,
-    CoT) with an RL method's steps file (read or missing). Nothing is written when there are no records."""
+    """``accuracy_per_epoch.png``, one ``rl_curves__<model>__<dataset>__<cot>.png`` per (model, dataset, CoT)
+    with an RL method's steps file (read or missing), and ``voting_by_k.png`` when majority-vote records carry
+    vote accuracy by K. Nothing is written when there are no records."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     fig = accuracy_figure(curves)
@@ -466,6 +518,10 @@ def write_plots(curves: Curves, out_dir: Path, smooth: int = 1, dpi: int = 110) 
     for panel in rl_panels(curves):
         paths.append(out_dir / f"{_stem('rl_curves', *panel)}.png")
         step_figure(curves, panel, smooth).savefig(paths[-1], dpi=dpi)
+    fig = vote_figure(curves)
+    if fig is not None:
+        paths.append(out_dir / "voting_by_k.png")
+        fig.savefig(paths[-1], dpi=dpi)
     return paths
 
 

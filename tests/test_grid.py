@@ -45,3 +45,4 @@ def test_smoke_sweep_trains_sft_once_and_fills_both_tables(tmp_path):
     t1, t2 = build_table1(df), build_table2(df)
     assert len(t1) == 4 and len(t2) == 2  # rows (model, method): 4 methods greedy; sft and reft vote/rerank
     assert (results / "plots" / "accuracy_per_epoch.png").stat().st_size > 0
+    assert (results / "plots" / "voting_by_k.png").stat().st_size > 0  # the vote cells carry vote accuracy by K

@@ -15,7 +15,7 @@ from reft_exp.results import write_record
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _record(model, dataset, cot, method, seed, accs, inference="greedy", steps_file=None):
+def _record(model, dataset, cot, method, seed, accs, inference="greedy", steps_file=None, by_k=None):
     """A complete record; ``accs`` maps epoch -> greedy test accuracy (None = epoch not evaluated)."""
     cid = f"{model}__{dataset}__{cot}__{method}__{inference}__seed{seed}"
     epochs = [{"epoch": e, "step": 10 * e} | ({} if a is None else {"test_accuracy": a})
@@ -27,6 +27,7 @@ def _record(model, dataset, cot, method, seed, accs, inference="greedy", steps_f
                         "inference": inference, "seed": seed},
         "accuracy": best, "best_accuracy": best, "final_accuracy": best, "epochs": epochs,
         "method": {} if steps_file is None else {"steps_file": str(steps_file)},
+        "inference": {} if by_k is None else {"vote_accuracy_by_k": by_k, "greedy_accuracy": best},
         "config": {"tag": ""},
     }
 
@@ -49,7 +50,8 @@ def runs(tmp_path):
         _record("tiny", "arith", "n", "sft", 1, {1: 0.10, 2: 0.30, 3: 0.50}),
         _record("tiny", "arith", "n", "sft", 2, {1: 0.20, 2: 0.40, 3: 0.70}),
         # same training run as sft seed 1, other inference: its curve must not be counted twice
-        _record("tiny", "arith", "n", "sft", 1, {1: 0.90, 2: 0.90, 3: 0.90}, inference="majority_vote"),
+        _record("tiny", "arith", "n", "sft", 1, {1: 0.90, 2: 0.90, 3: 0.90}, inference="majority_vote",
+                by_k={"1": 0.5, "4": 0.8, "16": 0.95}),
         # ReFT: epoch 1 not evaluated (eval_every_epochs > 1) -> no point there, nothing interpolated
         _record("tiny", "arith", "n", "reft", 1, {0: 0.40, 1: None, 2: 0.60},
                 steps_file=_steps(cache / "r1" / "steps.jsonl", lambda s: 0.1 * s, lambda s: 0.01 * s)),
@@ -124,7 +126,8 @@ def test_step_figure_curves_and_missing_file(runs):
 
 def test_write_plots_files(runs, tmp_path):
     paths = tables.write_plots(tables.load_curves(runs), tmp_path / "plots")
-    assert [p.name for p in paths] == ["accuracy_per_epoch.png", "rl_curves__tiny__arith__n.png"]
+    assert [p.name for p in paths] == ["accuracy_per_epoch.png", "rl_curves__tiny__arith__n.png",
+                                       "voting_by_k.png"]
     for p in paths:
         data = p.read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 10_000
@@ -147,11 +150,11 @@ def test_cli_writes_plots_beside_tables(runs, tmp_path, capsys):
     out = tmp_path / "results" / "tables"
     paths = tables.main(["--runs", str(runs), "--out", str(out)])
     plots = sorted(p.name for p in (tmp_path / "results" / "plots").glob("*.png"))
-    assert plots == ["accuracy_per_epoch.png", "rl_curves__tiny__arith__n.png"]
-    assert len(paths) == 6 + 2
+    assert plots == ["accuracy_per_epoch.png", "rl_curves__tiny__arith__n.png", "voting_by_k.png"]
+    assert len(paths) == 6 + 3
     assert str(tmp_path / "results" / "plots" / "accuracy_per_epoch.png") in capsys.readouterr().out
     tables.main(["--runs", str(runs), "--out", str(tmp_path / "t2"), "--plots", str(tmp_path / "p2")])
-    assert len(list((tmp_path / "p2").glob("*.png"))) == 2
+    assert len(list((tmp_path / "p2").glob("*.png"))) == 3
     assert len(tables.main(["--runs", str(runs), "--out", str(tmp_path / "t3"), "--no-plots"])) == 6
     assert not (tmp_path / "plots").exists()
     (tmp_path / "empty").mkdir()
@@ -171,3 +174,13 @@ def test_compare_two_sweeps(runs, tmp_path):
     assert row["Δ (new - base)"] == pytest.approx(20.0)
     reft = cmp.loc[("tiny", "arith", "n", "reft", "greedy")]
     assert math.isnan(reft["new mean"]) and math.isnan(reft["Δ (new - base)"])  # only one side has it
+
+
+def test_vote_figure_vote_by_k_beside_greedy(runs):
+    curves = tables.load_curves(runs)
+    assert curves.votes[["k", "vote_accuracy"]].values.tolist() == [[1, 0.5], [4, 0.8], [16, 0.95]]
+    (ax,) = tables.vote_figure(curves).axes
+    x, y = _line(ax, "sft: vote")
+    assert x.tolist() == [1, 4, 16] and y == pytest.approx([50, 80, 95])
+    assert _line(ax, "sft: greedy")[1][0] == pytest.approx(90)  # the record's greedy accuracy (best epoch)
+    assert ax.get_xscale() == "log"
