@@ -485,9 +485,9 @@ def vote_figure(curves: Curves):
                 ax.axhline(100 * greedy.iloc[0], color=colors[method], linestyle="--", linewidth=1,
                            label=f"{method}: greedy")
         ax.set_xscale("log", base=2)
-        from matplotlib.ticker import ScalarFormatter
+        from matplotlib.ticker import FuncFormatter
 
-        ax.xaxis.set_major_formatter(ScalarFormatter())  # 1, 2, 4, ... rather than powers of two
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 2, 4, ... not 2^0, 2^1, ...
         ax.set_title(f"{panel[0]} / {panel[1]} / {panel[2].upper()}-CoT: voting vs samples", fontsize=9)
         ax.set_xlabel("samples per question K")
         ax.set_ylabel("test accuracy (%)")
