@@ -235,7 +235,8 @@ class VoteInferenceConfig(InferenceConfig):
     checkpoint: str = "best"  # which checkpoint of the method's run is sampled
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # vote accuracy with K of the samples (mean of `curve_repeats` random subsets) for these K < num_samples,
-    # recorded as `vote_accuracy_by_k` (ours, not upstream: how voting scales, from the same samples)
+    # recorded as `vote_accuracy_by_k` by majority_vote (ours, not upstream: how voting scales, from the same
+    # samples; the rerank record, which reads the same samples, does not repeat it)
     curve_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     curve_repeats: int = 20
 

@@ -472,6 +472,8 @@ def vote_figure(curves: Curves):
     panels = _panels(curves.votes)
     if not panels:
         return None
+    from matplotlib.ticker import FuncFormatter
+
     fig, axes = _figure(1, len(panels))
     colors = _method_colors(list(curves.cells["method"]) + list(curves.votes["method"]))
     for ax, panel in zip(axes.flat, panels):
@@ -485,8 +487,6 @@ def vote_figure(curves: Curves):
                 ax.axhline(100 * greedy.iloc[0], color=colors[method], linestyle="--", linewidth=1,
                            label=f"{method}: greedy")
         ax.set_xscale("log", base=2)
-        from matplotlib.ticker import FuncFormatter
-
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 2, 4, ... not 2^0, 2^1, ...
         ax.set_title(f"{panel[0]} / {panel[1]} / {panel[2].upper()}-CoT: voting vs samples", fontsize=9)
         ax.set_xlabel("samples per question K")

@@ -10,26 +10,43 @@ from collections.abc import Sequence
 from reft_exp.answers import AnswerSpec, is_correct, vote_candidate
 
 
+def vote_groups(answers: Sequence[object | None], spec: AnswerSpec) -> tuple[list[object], list[int | None]]:
+    """Group the valid answers: ``(representatives, group index of each answer)``, groups in order of first
+    appearance, None for answers that do not vote (None, non-letter MCQ). A numeric answer within
+    ``spec.tolerance`` of a group's first member joins that group."""
+    reps: list[object] = []
+    ids: list[int | None] = []
+    for ans in answers:
+        cand = vote_candidate(ans, spec)
+        if cand is None:
+            ids.append(None)
+            continue
+        # same answer: within tolerance / same letter
+        gid = next((i for i, rep in enumerate(reps) if is_correct(cand, rep, spec)), None)
+        if gid is None:
+            gid = len(reps)
+            reps.append(cand)
+        ids.append(gid)
+    return reps, ids
+
+
+def _plurality(ids: Sequence[int | None]) -> int | None:
+    """The most frequent group index, ties to the one seen first; None when nothing votes."""
+    counts: dict[int, int] = {}  # insertion order = order of first appearance
+    for gid in ids:
+        if gid is not None:
+            counts[gid] = counts.get(gid, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None  # max keeps the first of equal counts
+
+
 def majority_vote(answers: Sequence[object | None], spec: AnswerSpec) -> object | None:
     """The most frequent valid answer; None answers (and non-letter MCQ answers) do not vote.
 
     Numeric answers within ``spec.tolerance`` of a group's first member count for that group. Ties go to
     the answer seen first. None when no answer is valid."""
-    groups: list[list[object]] = []  # in order of first appearance: [representative, count]
-    for ans in answers:
-        cand = vote_candidate(ans, spec)
-        if cand is None:
-            continue
-        for g in groups:
-            if is_correct(cand, g[0], spec):  # same answer: within tolerance / same letter
-                g[1] += 1  # type: ignore[operator]
-                break
-        else:
-            groups.append([cand, 1])
-    if not groups:
-        return None
-    best = max(g[1] for g in groups)  # type: ignore[type-var]
-    return next(g[0] for g in groups if g[1] == best)
+    reps, ids = vote_groups(answers, spec)
+    winner = _plurality(ids)
+    return None if winner is None else reps[winner]
 
 
 def vote_accuracy_by_k(rows: Sequence[dict], spec: AnswerSpec, ks: Sequence[int], repeats: int,
@@ -37,18 +54,23 @@ def vote_accuracy_by_k(rows: Sequence[dict], spec: AnswerSpec, ks: Sequence[int]
     """Vote accuracy with only K of each question's samples, for each K in ``ks``: the mean over ``repeats``
     random K-subsets (drawn with ``seed``); K >= the number of samples uses them all once. ``rows`` are
     samples-stage rows (``gold``, ``samples`` with ``pred``). Shows how voting scales with K from one
-    stored sample set, without drawing again."""
+    stored sample set, without drawing again. Each question's answers are grouped once (over all its
+    samples); a subset then only counts group indices."""
     rng = random.Random(seed)
+    grouped = []
+    for row in rows:
+        reps, ids = vote_groups([s["pred"] for s in row["samples"]], spec)
+        grouped.append((ids, [is_correct(rep, row["gold"], spec) for rep in reps]))
     curve: dict[int, float] = {}
     for k in ks:
         hits = 0.0
-        for row in rows:
-            preds = [s["pred"] for s in row["samples"]]
-            if k >= len(preds):
-                hits += is_correct(majority_vote(preds, spec), row["gold"], spec)
+        for ids, right in grouped:
+            if k >= len(ids):
+                winner = _plurality(ids)
+                hits += winner is not None and right[winner]
                 continue
-            hits += sum(is_correct(majority_vote(rng.sample(preds, k), spec), row["gold"], spec)
-                        for _ in range(repeats)) / repeats
+            wins = (_plurality(rng.sample(ids, k)) for _ in range(repeats))
+            hits += sum(w is not None and right[w] for w in wins) / repeats
         curve[k] = hits / max(len(rows), 1)
     return curve
 

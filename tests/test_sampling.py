@@ -69,18 +69,20 @@ def test_rerank_picks_the_highest_scored_valid_candidate():
 def test_vote_stats_on_constructed_samples():
     from types import SimpleNamespace
 
-    from reft_exp.inference.majority_vote import vote_stats
+    from reft_exp.inference.majority_vote import vote_curve, vote_stats
 
     inference = SimpleNamespace(curve_ks=[1, 2, 8], curve_repeats=5)
     ctx = SimpleNamespace(spec=AnswerSpec(), cfg=SimpleNamespace(inference=inference, root=SimpleNamespace(seed=0)))
-    stats = vote_stats(ctx, SampleSet(stage=None, rows=ROWS))  # type: ignore[arg-type]
+    samples = SampleSet(stage=None, rows=ROWS)  # type: ignore[arg-type]
+    stats = vote_stats(ctx, samples)
     # q1 votes 5 (3 of 4 valid) -> right; q2 votes 1 -> wrong although one sample is right; q3 no vote
     assert stats["vote_accuracy"] == 1 / 3
     assert stats["upper_bound"] == 2 / 3
     assert abs(stats["sample_accuracy"] - (3 / 5 + 1 / 4 + 0) / 3) < 1e-12
     # the curve: K below the largest sample count (5), then all samples (= the vote itself); 8 > 5 is dropped
-    assert list(stats["vote_accuracy_by_k"]) == ["1", "2", "5"]
-    assert stats["vote_accuracy_by_k"]["5"] == stats["vote_accuracy"]
+    curve = vote_curve(ctx, samples)
+    assert list(curve) == ["1", "2", "5"]
+    assert curve["5"] == stats["vote_accuracy"]
 
 
 QUICK = ["dataset.train_size=48", "dataset.test_size=12", "sft.epochs=1", "dataset.warmup_epoch.n=1",

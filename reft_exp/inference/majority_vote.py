@@ -29,9 +29,8 @@ def samples_on_test(ctx: RunContext, method_out: dict[str, Any]) -> SampleSet:
     return sample_stage(ctx, generator_checkpoint(ctx, method_out), "test", ctx.cfg.inference.sampling)
 
 
-def vote_stats(ctx: RunContext, samples: SampleSet) -> dict[str, Any]:
-    """Vote accuracy, the upper bound (any sample correct), the mean sample accuracy over questions and the
-    vote accuracy with fewer samples (``vote_accuracy_by_k``)."""
+def vote_stats(ctx: RunContext, samples: SampleSet) -> dict[str, float]:
+    """Vote accuracy, the upper bound (any sample correct) and the mean sample accuracy over questions."""
     n = max(len(samples.rows), 1)
     vote_ok = upper = mean_acc = 0.0
     for row in samples.rows:
@@ -39,12 +38,18 @@ def vote_stats(ctx: RunContext, samples: SampleSet) -> dict[str, Any]:
         vote_ok += is_correct(winner, row["gold"], ctx.spec)
         upper += any(s["correct"] for s in row["samples"])
         mean_acc += sum(s["correct"] for s in row["samples"]) / max(len(row["samples"]), 1)
+    return {"vote_accuracy": vote_ok / n, "upper_bound": upper / n, "sample_accuracy": mean_acc / n,
+            "questions": len(samples.rows)}
+
+
+def vote_curve(ctx: RunContext, samples: SampleSet) -> dict[str, float]:
+    """``vote_accuracy_by_k``: the vote accuracy with K of the samples for the configured K below the
+    sample count, then all of them (= the vote accuracy); keys are K as strings (JSON)."""
     inf = ctx.cfg.inference
     k_max = max((len(row["samples"]) for row in samples.rows), default=0)
     ks = sorted({k for k in inf.curve_ks if k < k_max} | {k_max}) if k_max else []
     curve = vote_accuracy_by_k(samples.rows, ctx.spec, ks, inf.curve_repeats, ctx.cfg.root.seed)
-    return {"vote_accuracy": vote_ok / n, "upper_bound": upper / n, "sample_accuracy": mean_acc / n,
-            "questions": len(samples.rows), "vote_accuracy_by_k": {str(k): v for k, v in curve.items()}}
+    return {str(k): v for k, v in curve.items()}
 
 
 def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
@@ -52,5 +57,6 @@ def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
     stats = vote_stats(ctx, samples)
     train = method_out["train"]
     return {"name": "majority_vote", "accuracy": stats["vote_accuracy"], **stats,
+            "vote_accuracy_by_k": vote_curve(ctx, samples),
             "num_samples": ctx.cfg.inference.sampling.num_samples, "greedy_accuracy": train["best_accuracy"],
             "checkpoint": generator_checkpoint(ctx, method_out), "samples_stage": str(samples.stage.dir)}
