@@ -16,7 +16,8 @@ PIP_QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 DEMO_ARGS ?=
 # Tests run in TEST_WORKERS processes (pytest-xdist, one test file per worker), each torch single-threaded:
 # the tiny models are overhead-bound, and two threads per process on a shared 2-core machine are slower than
-# one (benchmarks/RESULTS.md).
+# one (benchmarks/RESULTS.md). --no-loadscope-reorder keeps the collection order, in which tests/conftest.py puts
+# the files with slow (learning) tests first, so they start at once instead of last.
 TEST_WORKERS ?= 2
 TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -38,10 +39,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check reft_exp tests benchmarks
 
 test: $(STAMP) lint
-	$(OFFLINE) $(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --timeout=900 --durations=20 tests
+	$(OFFLINE) $(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --timeout=900 --durations=20 tests
 
 test-fast: $(STAMP)
-	$(OFFLINE) $(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(OFFLINE) $(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 demo: $(STAMP)
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke $(DEMO_ARGS)

@@ -182,6 +182,11 @@ class ReFTConfig(RLLoopConfig):
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # over the whole global batch (all processes), once per rollout
     critic_shared: bool = True  # value head on the policy backbone; false = separate value model (ablation)
+    value_head_init: str = "default"  # default: nn.Linear's random init (upstream) | zero: V = 0 at the start
+
+    def __post_init__(self):
+        if self.value_head_init not in ("default", "zero"):
+            raise ValueError(f"method.value_head_init must be 'default' or 'zero', got {self.value_head_init!r}")
 
 
 @dataclass

@@ -17,6 +17,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Long poles first: files holding a `slow` test (the learning tests, minutes each) are collected first, so
+    that with `make test` (xdist --dist loadfile --no-loadscope-reorder) they start at once on their own worker
+    while the other worker runs the many short files. xdist's default reorder (most tests per file first)
+    started the two-test learning file last and made it the end of the run."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: file and test order kept otherwise
+
+
 def config_groups() -> dict[str, list[str]]:
     """Every config group under conf/ and its options (file names without .yaml)."""
     groups = {}

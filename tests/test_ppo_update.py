@@ -56,3 +56,26 @@ def test_one_update_raises_rewarded_answers_and_lowers_the_others(tmp_path):
     assert right > 0 > wrong
     # lambda 0.95 with a fresh critic: the rewarded answers gain less (the finding above)
     assert right_095 < right
+
+
+def test_zero_value_head_starts_at_zero_and_then_learns(tmp_path):
+    """``value_head_init: zero``: V is exactly 0 on every state of the first rollout (so with lambda 1 the first
+    advantages are the returns alone), and one update moves it off zero; the default head is random."""
+    import pytest
+
+    build_tiny_model(tmp_path, ["Tom has 3 apples. He buys 2 more, so 3 + 2 = 5."] * 4, CFG)
+    torch.manual_seed(0)
+    lm, value_lm, ref = (load_causal_lm(tmp_path, CFG) for _ in range(3))
+    ro = _rollout(lm.config.vocab_size)
+    zero = PolicyWithValue(lm, value_lm, head_init="zero")
+    with torch.no_grad():
+        values = response_logprobs_values(zero, ro, with_values=True)[1]
+        default_values = response_logprobs_values(PolicyWithValue(lm, value_lm), ro, with_values=True)[1]
+    assert values.abs().max().item() == 0.0
+    assert default_values.std().item() > 0.01
+    rc = ReFTConfig(lam=1.0, lr=1e-3, ppo_epochs=1, critic_shared=False, value_head_init="zero")
+    ppo_update(Accelerator(cpu=True), rc, zero, ref.eval(), torch.optim.AdamW(zero.parameters(), lr=rc.lr), ro)
+    with torch.no_grad():
+        assert response_logprobs_values(zero, ro, with_values=True)[1].abs().max().item() > 0
+    with pytest.raises(ValueError, match="value_head_init"):
+        ReFTConfig(value_head_init="xavier")
