@@ -122,6 +122,9 @@ class SFTConfig:
     """The SFT recipe (upstream ``train_sft_model.py`` defaults), shared by every method's warm-up."""
 
     epochs: int = 40
+    # Train only the first N epochs of the `epochs`-long schedule (the lr schedule still spans `epochs`), e.g.
+    # when only the warm-up checkpoint (epoch 2 of 40 upstream, lr still ramping up) is needed. null = all.
+    train_epochs: int | None = None
     lr: float = 1e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -139,6 +142,16 @@ class SFTConfig:
     # epoch. false = upstream's plain shuffled batches (reft_exp.batching.LengthBucketBatchSampler).
     length_bucketing: bool = False
     length_bucketing_pool: int = 50  # a bucket pools this many batches before sorting by length
+
+    def __post_init__(self):
+        if self.train_epochs is not None and not 1 <= self.train_epochs <= self.epochs:
+            raise ValueError(f"sft.train_epochs must be null or 1..sft.epochs ({self.epochs}), "
+                             f"got {self.train_epochs}")
+
+    @property
+    def last_epoch(self) -> int:
+        """The last epoch this run trains: ``train_epochs`` of the ``epochs``-long schedule, or all of it."""
+        return self.epochs if self.train_epochs is None else self.train_epochs
 
 
 @dataclass

@@ -69,9 +69,10 @@ def check_supported(cfg: RunConfig) -> None:
         raise ConfigError(f"inference={cfg.inference.name} is configured but not implemented yet "
                           f"(available: {sorted(INFERENCE)})")
     warmup = cfg.dataset.warmup_epoch[cfg.cot.name]
-    if cfg.method.name != "sft" and getattr(cfg.method, "init", "warmup") == "warmup" and warmup > cfg.sft.epochs:
+    if cfg.method.name != "sft" and getattr(cfg.method, "init", "warmup") == "warmup" and warmup > cfg.sft.last_epoch:
+        trained = "sft.epochs" if cfg.sft.train_epochs is None else "sft.train_epochs"
         raise ConfigError(f"method={cfg.method.name} starts from the SFT warm-up checkpoint of epoch {warmup} "
-                          f"(dataset.warmup_epoch.{cfg.cot.name}) but sft.epochs={cfg.sft.epochs}")
+                          f"(dataset.warmup_epoch.{cfg.cot.name}) but {trained}={cfg.sft.last_epoch}")
     if isinstance(cfg.model, HubModelConfig):
         from reft_exp.models import check_model_path
 

@@ -20,10 +20,27 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 def pytest_collection_modifyitems(config, items):
     """Long poles first: files holding a `slow` test (the learning tests, minutes each) are collected first, so
     that with `make test` (xdist --dist loadfile --no-loadscope-reorder) they start at once on their own worker
-    while the other worker runs the many short files. xdist's default reorder (most tests per file first)
-    started the two-test learning file last and made it the end of the run."""
+    while the other worker runs the many short files (xdist's default reorder, most tests per file first,
+    started the learning file last and made it the end of the run). Files marked `learning_tail` reuse the
+    learning tests' SFT run and are collected last, when that run is done."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: file and test order kept otherwise
+    tail_files = {item.path for item in items if item.get_closest_marker("learning_tail")}
+
+    def rank(item) -> int:
+        return 2 if item.path in tail_files else 0 if item.path in slow_files else 1
+
+    items.sort(key=rank)  # stable: file and test order kept otherwise
+
+
+@pytest.fixture(scope="session")
+def learning_results(tmp_path_factory) -> Path:
+    """One results dir for the learning tests of every xdist worker of this run, so that their shared SFT run is
+    a stage computed once (the stage lock makes a second worker wait for it, then reuse it)."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = tmp_path_factory.getbasetemp()
+    path = base.parent / f"learning-{run_id}" if run_id else base / "learning"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def config_groups() -> dict[str, list[str]]:

@@ -105,3 +105,22 @@ def test_changed_config_recomputes_the_cell(tmp_path):
     assert proc.returncode == 0 and "another config" in proc.stdout + proc.stderr
     second = json.loads(path.read_text())
     assert second["config_hash"] != first["config_hash"] and second["config"]["sft"]["lr"] == 1e-3
+
+
+def test_sft_train_epochs_trains_the_first_epochs_of_the_full_schedule(tmp_path):
+    """``sft.train_epochs=1`` of a 3-epoch schedule is epoch 1 of the 3-epoch run (same loss, same lr, which is
+    not annealed to 0), not a 1-epoch run; a warm-up epoch beyond it is refused at start."""
+    from conftest import run_config
+
+    from reft_exp.run import run_cell
+
+    base = ["dataset.train_size=64", "dataset.test_size=8", "sft.epochs=3", "sft.batch_size=16",
+            "inference.max_new_tokens=16", "dataset.warmup_epoch.n=1", "progress=false"]
+    full = run_cell(run_config(base, tmp_path / "full"))["epochs"]
+    part = run_cell(run_config([*base, "sft.train_epochs=1"], tmp_path / "part"))["epochs"]
+    one = run_cell(run_config([*base[:2], "sft.epochs=1", *base[3:]], tmp_path / "one"))["epochs"]
+    assert [e["epoch"] for e in part] == [1] and len(full) == 3
+    assert part[0]["train_loss"] == full[0]["train_loss"] and part[0]["lr"] == full[0]["lr"] > 0
+    assert one[0]["lr"] == 0.0  # a 1-epoch schedule anneals to 0 by its end
+    proc = run_app(["method=reft", "sft.epochs=3", "sft.train_epochs=1", "dataset.warmup_epoch.n=2"], tmp_path)
+    assert proc.returncode != 0 and "sft.train_epochs=1" in proc.stderr

@@ -47,7 +47,7 @@ def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
     cfg, oc = ctx.cfg, ctx.cfg.method
     sft, _ = sft_stage(ctx)
     warmup = sft.dir / "warmup"
-    recipe = replace(cfg.sft, epochs=oc.epochs)
+    recipe = replace(cfg.sft, epochs=oc.epochs, train_epochs=None)
     key = {"samples": samples_stage_of(ctx, warmup, "train", oc.sampling).hash, "offline_st": oc, "sft": recipe,
            "seed": cfg.root.seed, "base": ctx.base_model_path, "max_new_tokens": cfg.inference.max_new_tokens,
            "mixed_precision": cfg.accelerate.mixed_precision}

@@ -68,7 +68,7 @@ def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[di
     else:
         progress = {"epoch": 0, "step": 0, "epochs": [], "best": {"accuracy": -1.0, "epoch": None}}
     history, best, step = progress["epochs"], progress["best"], progress["step"]
-    for epoch in range(progress["epoch"] + 1, sft.epochs + 1):
+    for epoch in range(progress["epoch"] + 1, sft.last_epoch + 1):
         model.train()
         losses, tokens, t_start = [], 0, time.perf_counter()  # tokens: non-pad tokens of this process
         bar = tqdm(loader, desc=f"{desc} epoch {epoch}/{sft.epochs}", disable=not (cfg.root.progress and
@@ -94,7 +94,7 @@ def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[di
         tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
         row = {"epoch": epoch, "step": step, "train_loss": sum(losses) / max(len(losses), 1),
                "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(seconds, 1e-9)}
-        if epoch % sft.eval_every_epochs == 0 or epoch == sft.epochs:
+        if epoch % sft.eval_every_epochs == 0 or epoch == sft.last_epoch:
             with ctx.timer(f"{desc}_eval"):
                 res = greedy_eval(acc, model, tokenizer, ctx.splits["test"], ctx.spec,
                                   cfg.inference.max_new_tokens, sft.eval_batch_size,
@@ -135,7 +135,7 @@ def sft_stage(ctx: RunContext, sft: SFTConfig | None = None) -> tuple[Stage, dic
         return train_supervised(ctx, sft, ctx.splits["train"], init_path, folder, warmup_epoch, desc="sft")
 
     def verify(folder: Path) -> None:  # the checkpoints later stages load: present and intact
-        saves_warmup = warmup_epoch is not None and 1 <= warmup_epoch <= sft.epochs
+        saves_warmup = warmup_epoch is not None and 1 <= warmup_epoch <= sft.last_epoch
         for name in ["best"] * sft.save_best + ["warmup"] * saves_warmup:
             verify_model(folder / name)
 
