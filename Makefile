@@ -17,7 +17,8 @@ DEMO_ARGS ?=
 # Tests run in TEST_WORKERS processes (pytest-xdist, one test file per worker), each torch single-threaded:
 # the tiny models are overhead-bound, and two threads per process on a shared 2-core machine are slower than
 # one (benchmarks/RESULTS.md). --no-loadscope-reorder keeps the collection order, in which tests/conftest.py puts
-# the files with slow (learning) tests first, so they start at once instead of last.
+# the files with slow (learning) tests first, so they start at once instead of last (and the reranker learning
+# test, which reuses their SFT run, half-way down).
 TEST_WORKERS ?= 2
 TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 

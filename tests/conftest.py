@@ -22,14 +22,21 @@ def pytest_collection_modifyitems(config, items):
     that with `make test` (xdist --dist loadfile --no-loadscope-reorder) they start at once on their own worker
     while the other worker runs the many short files (xdist's default reorder, most tests per file first,
     started the learning file last and made it the end of the run). Files marked `learning_tail` reuse the
-    learning tests' SFT run and are collected last, when that run is done."""
+    learning tests' SFT run: they go half-way down the short files, late enough for that run to be done when
+    the other worker reaches them, early enough that they do not become the end of the run."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     tail_files = {item.path for item in items if item.get_closest_marker("learning_tail")}
+    short = list(dict.fromkeys(item.path for item in items if item.path not in slow_files | tail_files))
+    half = len(short) // 2
 
-    def rank(item) -> int:
-        return 2 if item.path in tail_files else 0 if item.path in slow_files else 1
+    def rank(item) -> tuple[int, float]:
+        if item.path in tail_files:
+            return 1, half - 0.5
+        if item.path in slow_files:
+            return 0, 0
+        return 1, short.index(item.path)
 
-    items.sort(key=rank)  # stable: file and test order kept otherwise
+    items.sort(key=rank)  # stable: the order of tests within a file is kept
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """Reranking the learning tests' SFT model (slow, still run in CI).
 
 It reuses the SFT run of tests/test_learning.py through the run-wide `learning_results` dir; the file is
-collected last (`learning_tail`), so that with two xdist workers the other worker has trained that run by
-the time this file starts (were it not, the stage lock makes this test wait for it, not train it twice).
+collected half-way down the short test files (`learning_tail`, tests/conftest.py), so that with two xdist
+workers the other worker has trained that run by the time this file starts (were it not, the stage lock
+makes this test wait for it, not train it twice).
 """
 
 from __future__ import annotations
