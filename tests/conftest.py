@@ -26,7 +26,8 @@ def pytest_collection_modifyitems(config, items):
     the other worker reaches them, early enough that they do not become the end of the run."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     tail_files = {item.path for item in items if item.get_closest_marker("learning_tail")}
-    short = list(dict.fromkeys(item.path for item in items if item.path not in slow_files | tail_files))
+    short = {path: i for i, path in enumerate(dict.fromkeys(
+        item.path for item in items if item.path not in slow_files | tail_files))}
     half = len(short) // 2
 
     def rank(item) -> tuple[int, float]:
@@ -34,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
             return 1, half - 0.5
         if item.path in slow_files:
             return 0, 0
-        return 1, short.index(item.path)
+        return 1, short[item.path]
 
     items.sort(key=rank)  # stable: the order of tests within a file is kept
 

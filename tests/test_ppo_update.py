@@ -67,7 +67,7 @@ def test_zero_value_head_starts_at_zero_and_then_learns(tmp_path):
     torch.manual_seed(0)
     lm, value_lm, ref = (load_causal_lm(tmp_path, CFG) for _ in range(3))
     ro = _rollout(lm.config.vocab_size)
-    zero = PolicyWithValue(lm, value_lm, head_init="zero")
+    zero = PolicyWithValue(lm, value_lm, zero_head=True)
     with torch.no_grad():
         values = response_logprobs_values(zero, ro, with_values=True)[1]
         default_values = response_logprobs_values(PolicyWithValue(lm, value_lm), ro, with_values=True)[1]

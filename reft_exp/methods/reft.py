@@ -74,7 +74,7 @@ def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -
         if m is not None and rc.disable_dropout:
             disable_dropout(m)
     ref.eval().requires_grad_(False)
-    policy = PolicyWithValue(lm, value_lm, rc.value_head_init)
+    policy = PolicyWithValue(lm, value_lm, zero_head=rc.value_head_init == "zero")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr, weight_decay=rc.weight_decay,
                                   betas=tuple(rc.adam_betas), eps=rc.adam_eps)
     configure_deepspeed(acc, rc.batch_size, 1, rc.grad_clip)  # DeepSpeed only: its batch/accum/clip values

@@ -23,18 +23,16 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 class PolicyWithValue(nn.Module):
-    def __init__(self, lm: nn.Module, value_lm: nn.Module | None = None, head_init: str = "default"):
+    def __init__(self, lm: nn.Module, value_lm: nn.Module | None = None, zero_head: bool = False):
         super().__init__()
         self.lm = lm
         self.value_lm = value_lm
         hidden = (value_lm or lm).config.hidden_size
         self.v_head = nn.Linear(hidden, 1)
         self.v_head.to(dtype=torch.float32)
-        if head_init == "zero":  # V = 0 everywhere at the start: the first advantages are the returns alone
+        if zero_head:  # V = 0 everywhere at the start: the first advantages are the returns alone
             nn.init.zeros_(self.v_head.weight)
             nn.init.zeros_(self.v_head.bias)
-        elif head_init != "default":
-            raise ValueError(f"value head init must be 'default' or 'zero', got {head_init!r}")
 
     def forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logits [B, L, V], values [B, L])``; the value at position i is V of the state after token i."""
