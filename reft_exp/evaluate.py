@@ -20,7 +20,8 @@ class EvalResult:
 
 def score_completions(records: Sequence[dict], completions: Sequence[str], spec: AnswerSpec,
                       executor=None) -> list[dict]:
-    """One row per completion: extracted answer, gold, correctness."""
+    """One row per completion (an answer text from :func:`reft_exp.generation.decode_answer`): extracted
+    answer, gold, correctness."""
     preds = extract_answers(list(completions), spec, executor=executor)
     rows = []
     for rec, comp, pred in zip(records, completions, preds):
@@ -30,16 +31,31 @@ def score_completions(records: Sequence[dict], completions: Sequence[str], spec:
     return rows
 
 
-def greedy_eval(accelerator, model, tokenizer, records: Sequence[dict], spec: AnswerSpec,
-                max_new_tokens: int, batch_size: int, add_special_tokens: bool = True,
-                progress: bool = False, executor=None) -> EvalResult:
-    """Greedy decoding on ``records``; accuracy = fraction whose extracted answer matches the gold."""
-    # At evaluation time the model writes the whole answer, P-CoT header included (as in upstream SFT eval).
-    prompts = [build_prompt(r["question"], spec.cot) for r in records]
-    outs = generate_distributed(accelerator, model, tokenizer, prompts,
-                                DecodingConfig(do_sample=False, max_new_tokens=max_new_tokens), batch_size,
-                                add_special_tokens, progress, desc="greedy eval")
-    rows = score_completions(records, [o[0] for o in outs], spec, executor)
+def eval_result(rows: Sequence[dict]) -> EvalResult:
+    """Accuracy over scored rows (:func:`score_completions`)."""
     n_correct = sum(r["correct"] for r in rows)
     return EvalResult(accuracy=n_correct / max(len(rows), 1), n=len(rows),
-                      n_extracted=sum(r["pred"] is not None for r in rows), predictions=rows)
+                      n_extracted=sum(r["pred"] is not None for r in rows), predictions=list(rows))
+
+
+def greedy_prompts(records: Sequence[dict], cot: str, with_header: bool = False) -> list[str]:
+    """SFT-time evaluation: the model writes the whole answer, P-CoT header included (train_sft_model.py);
+    RL-time evaluation (``with_header``): the header is part of the prompt (train_rl_reft.py:152-153)."""
+    return [build_prompt(r["question"], cot, with_header=with_header) for r in records]
+
+
+def greedy_eval(accelerator, model, tokenizer, records: Sequence[dict], spec: AnswerSpec,
+                max_new_tokens: int, batch_size: int, add_special_tokens: bool = True,
+                progress: bool = False, executor=None, *, with_header: bool = False,
+                max_length: int | None = None, length_key: str = "inference.max_new_tokens") -> EvalResult:
+    """Greedy decoding on ``records``; accuracy = fraction whose extracted answer matches the gold.
+
+    ``max_length`` (prompt + response tokens over the padded batch, upstream's limit) replaces ``max_new_tokens``
+    when set; a prompt that cannot fit raises a one-line ConfigError naming ``length_key``. With ``with_header``
+    the P-CoT header is in the prompt and the scored text is header + completion."""
+    prompts = greedy_prompts(records, spec.cot, with_header)
+    outs = generate_distributed(accelerator, model, tokenizer, prompts,
+                                DecodingConfig(do_sample=False, max_new_tokens=max_new_tokens), batch_size,
+                                add_special_tokens, progress, desc="greedy eval", max_length=max_length,
+                                length_key=length_key)
+    return eval_result(score_completions(records, [o[0] for o in outs], spec, executor))

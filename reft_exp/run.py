@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from reft_exp.config import ConfigError, HubModelConfig, RunConfig, validate
+from reft_exp.config import ConfigError, HubModelConfig, RunConfig, hydra_error_line, validate
 
 log = logging.getLogger("reft_exp")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"  # the app's config_path below
@@ -69,10 +68,17 @@ def check_supported(cfg: RunConfig) -> None:
         raise ConfigError(f"inference={cfg.inference.name} is configured but not implemented yet "
                           f"(available: {sorted(INFERENCE)})")
     warmup = cfg.dataset.warmup_epoch[cfg.cot.name]
-    if cfg.method.name != "sft" and getattr(cfg.method, "init", "warmup") == "warmup" and warmup > cfg.sft.last_epoch:
+    from reft_exp.methods.sft import saved_epochs
+
+    needs = [f"method={cfg.method.name}"] * (cfg.method.name == "offline_st" or getattr(cfg.method, "init", "") == "warmup")
+    needs += [f"inference={cfg.inference.name}"] * (cfg.inference.name == "rerank"
+                                                    or getattr(cfg.inference, "checkpoint", "") == "warmup")
+    if needs and warmup not in saved_epochs(cfg.sft):
         trained = "sft.epochs" if cfg.sft.train_epochs is None else "sft.train_epochs"
-        raise ConfigError(f"method={cfg.method.name} starts from the SFT warm-up checkpoint of epoch {warmup} "
-                          f"(dataset.warmup_epoch.{cfg.cot.name}) but {trained}={cfg.sft.last_epoch}")
+        raise ConfigError(f"{' and '.join(needs)} starts from the SFT warm-up checkpoint of epoch {warmup} "
+                          f"(dataset.warmup_epoch.{cfg.cot.name}) but the SFT run keeps epochs "
+                          f"{saved_epochs(cfg.sft)} ({trained}={cfg.sft.last_epoch}, sft.save_epochs="
+                          f"{cfg.sft.save_epochs})")
     if isinstance(cfg.model, HubModelConfig):
         from reft_exp.models import check_model_path
 
@@ -80,6 +86,25 @@ def check_supported(cfg: RunConfig) -> None:
             check_model_path(cfg.model.path)
         except FileNotFoundError as err:
             raise ConfigError(f"model.path: {err}") from None
+
+
+# How to start N processes on CPU: `accelerate launch --cpu` always starts one (its simple launcher, whatever
+# --num_processes says), and `--multi_gpu --cpu` is refused; torchrun starts N, which accelerate joins (gloo).
+CPU_MULTI_PROCESS_LAUNCH = "torchrun --nproc_per_node N -m reft_exp.run accelerate=cpu ..."
+
+
+def describe_processes(accelerator) -> dict:
+    """World size and distributed type of this run, logged once and stored in the record; a single process
+    started by ``accelerate launch --cpu`` (which never starts more) is said, with the launch that does."""
+    info = {"world_size": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
+            "process_index": accelerator.process_index}
+    if accelerator.is_main_process:
+        log.info("processes: %d (%s)", info["world_size"], info["distributed_type"])
+        launched_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1")
+        if launched_cpu and info["world_size"] == 1 and "WORLD_SIZE" not in os.environ:
+            log.warning("accelerate launch --cpu started ONE process (its CPU launcher ignores --num_processes); "
+                        "for several CPU processes use: %s", CPU_MULTI_PROCESS_LAUNCH)
+    return info
 
 
 def run_cell(cfg: RunConfig) -> dict:
@@ -110,6 +135,7 @@ def run_cell(cfg: RunConfig) -> dict:
     if cfg.root.num_threads:
         torch.set_num_threads(cfg.root.num_threads)
     accelerator = build_accelerator(cfg.accelerate)  # one device, DDP or DeepSpeed ZeRO-2/3
+    distributed = describe_processes(accelerator)
     set_default_engine(make_engine(cfg.rollout))  # generation engine of every stage (rollout.engine)
     seed_everything(cfg.root.seed + accelerator.process_index, cfg.root.deterministic)  # upstream: seed + rank
     start = time.perf_counter()
@@ -117,6 +143,7 @@ def run_cell(cfg: RunConfig) -> dict:
                            [f"{k}={v}" for k, v in cfg.coordinates.items()], accelerator.is_main_process)
     ctx = RunContext(cfg=cfg, accelerator=accelerator, splits={}, tracker=tracker)
     try:
+        ctx.executor_if_needed  # noqa: B018 - P-CoT: start the sandbox now, so a missing one fails at start
         with ctx.timer("data"):
             ctx.splits = load_splits(cfg.dataset, cfg.cot.name)
         log.info("cell %s: %d train / %d test records", cell_id(cfg), len(ctx.splits["train"]),
@@ -126,7 +153,8 @@ def run_cell(cfg: RunConfig) -> dict:
         with ctx.timer("inference"):
             inference_out = INFERENCE[cfg.inference.name](ctx, method_out)
         ctx.timer.seconds["total"] = time.perf_counter() - start
-        record = build_record(cfg, method_out, inference_out, ctx.timer.seconds, ctx.stages_used)
+        record = build_record(cfg, method_out, inference_out, ctx.timer.seconds, ctx.stages_used, distributed,
+                              ctx.executor_layers)
         if accelerator.is_main_process:
             write_record(path, record)
             tracker.summary({"accuracy": record["accuracy"]})
@@ -140,7 +168,7 @@ def run_cell(cfg: RunConfig) -> dict:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        run_cfg = validate(cfg, dict(HydraConfig.get().runtime.choices))
+        run_cfg = validate(cfg)  # Hydra's runtime choices and overrides name the file behind a bad key
         check_supported(run_cfg)
     except ConfigError as err:
         fail("config error", err)
@@ -158,20 +186,6 @@ def main(cfg: DictConfig) -> float:
     return float(record["accuracy"])
 
 
-def _hydra_error_line(err: BaseException) -> str:
-    """One line from a Hydra composition error: its message (minus the config search path) and the cause."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    lines = []
-    for line in str(err).splitlines():
-        if line.startswith("Config search path"):
-            break
-        lines.append(line.strip())
-    if isinstance(err.__cause__, OmegaConfBaseException):
-        lines.append(f"({str(err.__cause__).splitlines()[0]})")
-    return " ".join(ln for ln in lines if ln)
-
-
 def app() -> None:
     """``python -m reft_exp.run``: every configuration mistake ends in one ``reft_exp: ...`` line, exit 2."""
     try:
@@ -187,7 +201,7 @@ def app() -> None:
     try:
         main()
     except CompactHydraException as err:
-        fail("config error", _hydra_error_line(err))
+        fail("config error", hydra_error_line(err))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ settings. Two cells asking for the same samples therefore read one file: the sam
     {"item_id": ..., "gold": ..., "samples": [{"text": <full CoT>, "pred": ..., "correct": bool,
                                                "score": <reward>}, ...]}
 
-``text`` is the chain of thought as an SFT target would hold it: for P-CoT the program header (part of the
-prompt at sampling time, as upstream) is put back in front of the completion.
+``text`` is the chain of thought as an SFT target would hold it: prompt and completion are decoded together and
+cut at the prompt (reft_exp.generation.decode_answer); for P-CoT the program header, part of the prompt at
+sampling time as upstream, stays in front of the completion.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from reft_exp.context import RunContext
 from reft_exp.evaluate import score_completions
 from reft_exp.generation import DecodingConfig, generate_distributed
 from reft_exp.models import load_causal_lm, load_tokenizer
-from reft_exp.prompts import program_header
 from reft_exp.rl.rollout import rl_prompts
 from reft_exp.stages import Stage, run_stage
 from reft_exp.utils import atomic_write_text
@@ -56,30 +56,39 @@ def checkpoint_id(checkpoint: str | Path) -> str:
 
 
 def draw_samples(ctx: RunContext, checkpoint: str | Path, records: Sequence[dict], sc: SamplingConfig,
-                 desc: str = "sample") -> list[dict]:
+                 desc: str = "sample", length_key: str = "sampling.max_length") -> list[dict]:
     """Generate ``sc.num_samples`` completions per record from ``checkpoint`` and score each."""
     cfg, acc = ctx.cfg, ctx.accelerator
     tokenizer = load_tokenizer(checkpoint, cfg.model)
     model = load_causal_lm(checkpoint, cfg.model).to(acc.device)
+    # prompt + completion <= sc.max_length tokens (upstream Sampling scripts: max_length 1024, sampling.py:156);
+    # max_new_tokens only when max_length is null
     decoding = DecodingConfig(do_sample=True, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p,
-                              max_new_tokens=sc.max_new_tokens, num_return_sequences=sc.num_samples)
+                              max_new_tokens=sc.max_new_tokens, num_return_sequences=sc.num_samples,
+                              max_length=sc.max_length)
     # Fixed sampling seed per (run seed, process): the samples are a function of the stage key.
     torch.manual_seed(cfg.root.seed + acc.process_index)
     outs = generate_distributed(acc, model, tokenizer, rl_prompts(records, ctx.cot), decoding, sc.batch_size,
-                                cfg.model.add_special_tokens, cfg.root.progress and acc.is_main_process, desc)
+                                cfg.model.add_special_tokens, cfg.root.progress and acc.is_main_process, desc,
+                                length_key=length_key)
     del model
-    flat_records = [r for r in records for _ in range(sc.num_samples)]
+    return score_samples(records, outs, ctx.spec, ctx.executor_if_needed)
+
+
+def score_samples(records: Sequence[dict], outs: Sequence[Sequence[str]], spec, executor=None) -> list[dict]:
+    """The post-generation half of :func:`draw_samples`: each record's answer texts (decoded with the prompt, so
+    for P-CoT the header of the prompt + the completion: the whole program) scored into samples.jsonl rows."""
+    flat_records = [r for r, per_q in zip(records, outs) for _ in per_q]
     texts = [c for per_q in outs for c in per_q]
-    if ctx.cot == "p":  # the header was in the prompt: the program is header + completion
-        texts = [program_header(r["question"]) + t for r, t in zip(flat_records, texts)]
-    scored = score_completions(flat_records, texts, ctx.spec, ctx.executor_if_needed)
-    rows = []
-    for i, rec in enumerate(records):
-        chunk = scored[i * sc.num_samples : (i + 1) * sc.num_samples]
-        gold = parse_gold(rec["answer_value"], ctx.spec)
+    scored = score_completions(flat_records, texts, spec, executor)
+    rows, start = [], 0
+    for rec, per_q in zip(records, outs):
+        chunk = scored[start : start + len(per_q)]
+        start += len(per_q)
+        gold = parse_gold(rec["answer_value"], spec)
         rows.append({"item_id": rec["item_id"], "gold": gold, "samples": [
             {"text": s["completion"], "pred": s["pred"], "correct": bool(s["correct"]),
-             "score": reward(s["pred"], gold, ctx.spec)} for s in chunk]})
+             "score": reward(s["pred"], gold, spec)} for s in chunk]})
     return rows
 
 
@@ -94,15 +103,18 @@ def samples_stage_of(ctx: RunContext, checkpoint: str | Path, split: str, sc: Sa
     return Stage(ctx.cache_dir, "samples", label, key)
 
 
-def sample_stage(ctx: RunContext, checkpoint: str | Path, split: str, sc: SamplingConfig) -> SampleSet:
-    """The samples of ``checkpoint`` on ``split``: drawn once (a cached stage), then read from disk."""
+def sample_stage(ctx: RunContext, checkpoint: str | Path, split: str, sc: SamplingConfig, *,
+                 length_key: str = "sampling.max_length") -> SampleSet:
+    """The samples of ``checkpoint`` on ``split``: drawn once (a cached stage), then read from disk.
+    ``length_key``: the config key of ``sc.max_length``, named when a prompt cannot fit."""
     records = ctx.splits[split][: sc.max_questions] if sc.max_questions else ctx.splits[split]
     ckpt = checkpoint_id(checkpoint)
     stage = samples_stage_of(ctx, checkpoint, split, sc)
 
     def compute(folder: Path) -> dict:
         with ctx.timer(f"sample_{split}"):
-            rows = draw_samples(ctx, checkpoint, records, sc, desc=f"sample {split} x{sc.num_samples}")
+            rows = draw_samples(ctx, checkpoint, records, sc, desc=f"sample {split} x{sc.num_samples}",
+                               length_key=length_key)
         if ctx.accelerator.is_main_process:
             atomic_write_text(folder / SAMPLES_FILE, "".join(json.dumps(r) + "\n" for r in rows))
         n = sum(len(r["samples"]) for r in rows)

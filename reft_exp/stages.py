@@ -8,9 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ STAGE_FORMAT_VERSION = 2  # 2: the tiny tokenizer isolates newlines
 
 def _plain(obj: Any) -> Any:
     if is_dataclass(obj):
-        return {k: _plain(v) for k, v in asdict(obj).items()}
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj) if f.metadata.get("stage_key", True)}
     if isinstance(obj, dict):
         return {str(k): _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
@@ -37,6 +37,22 @@ def _plain(obj: Any) -> Any:
 def config_hash(key: dict[str, Any]) -> str:
     blob = json.dumps(_plain(key), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_at(cfg: Any, path: str) -> Any:
+    """``cfg.<path>`` for a dotted path of a typed config (``"sft"``, ``"accelerate.mixed_precision"``)."""
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def stage_key(cfg: Any, reads: Sequence[str], upstream: dict[str, str] | None = None) -> dict[str, Any]:
+    """The one rule for stage keys: the outputs of the upstream stages it starts from (``stage hash`` or
+    ``stage hash/output``) plus exactly the config nodes the stage reads (dotted paths into the typed config,
+    each node whole, minus its fields marked :data:`reft_exp.config.NOT_IN_KEY`: those choose among a stage's
+    outputs, e.g. ``dataset.warmup_epoch``, or do not change them, e.g. worker counts). Each stage kind declares
+    its ``reads`` once."""
+    return {"upstream": dict(upstream or {}), "config": {path: _plain(config_at(cfg, path)) for path in reads}}
 
 
 class Stage:
@@ -101,11 +117,16 @@ def _verified(stage: Stage, verify: Callable[[Path], None]) -> bool:
 
 
 def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any]],
-              verify: Callable[[Path], None] | None = None) -> bool:
+              verify: Callable[[Path], None] | None = None, seed: int | None = None) -> bool:
     """Compute ``stage`` unless complete; returns True when it was reused.
 
     ``verify(folder)`` checks a complete stage's files (e.g. checkpoint checksums) before reuse; if it raises,
     the stage is computed again, with a warning.
+
+    ``seed``: the stage seeds every RNG with ``seed + process index`` before it computes, as each official
+    script does at its start (``set_seed(args['seed'] + accelerator.process_index)``, train_sft_model.py:386,
+    train_rl_reft.py:763, train_rl_sl.py:557, train_sl_model.py:426, train_reward_model.py:318), so a stage's
+    numbers do not depend on what the process ran before it (e.g. an SFT run computed or read from the cache).
 
     The main process holds the stage's file lock for the whole computation, so another job needing the
     same stage waits and then reuses it. Every process runs ``compute`` (training is collective); the
@@ -128,6 +149,10 @@ def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any
         folder = stage.prepare() if main else stage.dir
         if multi:
             accelerator.wait_for_everyone()
+        if seed is not None:
+            from reft_exp.utils import seed_everything
+
+            seed_everything(seed + (accelerator.process_index if accelerator is not None else 0))
         meta = compute(folder)
         if multi:
             accelerator.wait_for_everyone()

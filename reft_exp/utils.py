@@ -94,3 +94,8 @@ def hardware() -> dict[str, Any]:
     if info["cuda_devices"]:
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The rows of a JSON-lines file (``steps.jsonl``, ``samples.jsonl``); blank lines are skipped."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

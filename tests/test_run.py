@@ -38,6 +38,10 @@ def test_single_run_writes_a_complete_record(tmp_path):
     assert rec["hardware"]["cpu_count"] >= 1
     assert {"data", "method", "total"} <= set(rec["timings_s"])
     assert rec["stages"]["sft"]["reused"] is False
+    assert rec["distributed"] == {"world_size": 1, "distributed_type": "NO", "process_index": 0}
+    # which files composed the cell, auto-selected ones included; none for an optional file that does not exist
+    assert rec["hydra_choices"]["method"] == "sft" and rec["hydra_choices"]["scale"] == "tiny"
+    assert rec["hydra_choices"]["method_cot"] is None and not any(k.startswith("hydra") for k in rec["hydra_choices"])
     # re-running the same cell skips it: the record is not rewritten
     mtime = path.stat().st_mtime_ns
     proc = run_app([f"paths.results_dir={tmp_path}/results", *QUICK], tmp_path)
@@ -61,11 +65,16 @@ def test_multirun_over_seeds_writes_two_records(tmp_path):
     (["method=nonexistent"], "Available options"),
     (["+sft.lrr=1"], "sft.lrr"),
     (["model=codellama-7b", "model.path=/does/not/exist"], "does not exist"),
+    (["method=reft", "method.value_head_init=bogus"],
+     "method.value_head_init='bogus' (in the command-line override 'method.value_head_init=bogus') is not one of"),
+    (["sft.train_epochs=99"], "sft.train_epochs must be null or 1..sft.epochs (6), got 99 (in the command-line"),
 ])
 def test_bad_config_fails_at_start_with_one_line(args, needle, tmp_path):
     proc = run_app([f"paths.results_dir={tmp_path}/results", *args], tmp_path, timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert needle in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line: no traceback, no Hydra block
+    assert proc.stderr.startswith("reft_exp: config error: ")
     assert not (tmp_path / "results" / "runs").exists()
 
 

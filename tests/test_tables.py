@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -49,7 +50,7 @@ def runs(tmp_path):
 
 
 def test_table1_layout_values_and_deltas(runs):
-    t1 = tables.build_table1(tables.load_records(runs), tables.load_paper("value_accuracy"))
+    t1 = tables.format_table(tables.build_table1(tables.load_records(runs), tables.load_paper("value_accuracy")))
     # Rows: paper model order (galactica first), methods in the paper's order.
     assert list(t1.index) == [("galactica-6.7b", "sft"), ("galactica-6.7b", "online_st"),
                               ("codellama-7b", "sft"), ("codellama-7b", "reft")]
@@ -85,17 +86,17 @@ def test_table1_layout_values_and_deltas(runs):
 def test_table1_falls_back_to_v1_and_honours_source(runs):
     recs = tables.load_records(runs)
     paper = tables.load_paper("value_accuracy")
-    t1 = tables.build_table1(recs, paper)
+    t1 = tables.format_table(tables.build_table1(recs, paper))
     # online_st is only in v1 (45.7 for galactica gsm8k n).
     online = t1.loc[("galactica-6.7b", "online_st")]
     assert online[("gsm8k N-CoT", "paper")] == "45.70"
     assert online[("gsm8k N-CoT", "Δ")] == "-5.70"
-    v1 = tables.build_table1(recs, paper, paper_source="v1")
+    v1 = tables.format_table(tables.build_table1(recs, paper, paper_source="v1"))
     assert v1.loc[("codellama-7b", "reft"), ("gsm8k P-CoT", "paper")] == "72.80"
 
 
 def test_table2_layout_and_deltas(runs):
-    t2 = tables.build_table2(tables.load_records(runs), tables.load_paper("voting_rerank"))
+    t2 = tables.format_table(tables.build_table2(tables.load_records(runs), tables.load_paper("voting_rerank")))
     assert list(t2.index) == [("codellama-7b", "sft"), ("codellama-7b", "reft")]
     labels = list(dict.fromkeys(label for label, _ in t2.columns))
     assert labels == ["majority_vote gsm8k P-CoT", "rerank gsm8k N-CoT", "rerank gsm8k P-CoT"]
@@ -108,7 +109,7 @@ def test_table2_layout_and_deltas(runs):
     assert sft[("rerank gsm8k P-CoT", "Δ")] == "-2.60"  # 75.0 - 77.6
     readme = tables.build_table2(tables.load_records(runs), tables.load_paper("voting_rerank"),
                                  paper_source="readme")
-    assert readme.loc[("codellama-7b", "reft"), ("majority_vote gsm8k P-CoT", "paper")] == "78.00"
+    assert readme.loc[("codellama-7b", "reft"), ("majority_vote gsm8k P-CoT", "paper")] == 78.0  # numeric
 
 
 def test_load_records_skips_other_versions_and_tags(tmp_path):
@@ -140,7 +141,7 @@ def test_table1_from_real_tiny_record(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "tiny__arith__n__sft__greedy__seed42.json").write_text(json.dumps(rec))
-    t1 = tables.build_table1(tables.load_records(runs), tables.load_paper("value_accuracy"))
+    t1 = tables.format_table(tables.build_table1(tables.load_records(runs), tables.load_paper("value_accuracy")))
     assert list(t1.index) == [("tiny", "sft")]
     assert t1.loc[("tiny", "sft"), ("arith N-CoT", "ours")] == "65.3"
     assert t1.loc[("tiny", "sft"), ("arith N-CoT", "paper")] == MISSING
@@ -157,7 +158,9 @@ def test_cli_writes_six_files(runs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert str(out / "table1.md") in printed
     md = (out / "table1.md").read_text()
-    assert "| codellama-7b | reft |" in md and "75.28" in md and "-5.28" in md
+    # the row, with gsm8k P-CoT (the 2nd cell): ours 70.0, paper 75.28, delta -5.28
+    assert re.search(r"^\| codellama-7b +\| reft +\|( +\S+ +\|){3} +70\.0 +\| +75\.28 +\| +-5\.28 \|", md, re.MULTILINE)
+    assert "| model" in md and "|:---" in md and "---:|" in md  # method columns left, numbers right-aligned
     assert "\\begin{tabular}" in (out / "table2.tex").read_text()
     assert (out / "table1.csv").read_text().startswith("model,method,gsm8k N-CoT ours")
 

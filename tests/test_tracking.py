@@ -103,12 +103,32 @@ def test_trackers_without_wandb(monkeypatch, caplog):
                     for i in range(2)]
     assert [type(t) for t in trackers] == [tracking.Tracker] * 2
     assert sum("not installed" in r.getMessage() for r in caplog.records) == 1
-    trackers[0].log({"x": 1.0}, 1)
-    trackers[0].summary({"accuracy": 0.5})
-    trackers[0].finish()
     assert type(tracking.make_tracker(LoggerConfig(name="none"), "c", {}, [], True)) is tracking.Tracker
     with pytest.raises(ValueError, match="unknown logger"):
         tracking.make_tracker(LoggerConfig(name="mlflow"), "c", {}, [], True)
+
+
+def test_wandb_tracker_records_what_it_is_given(tmp_path, monkeypatch):
+    """logger=wandb on the main process: per-step metrics go to the run's history and the summary holds the
+    cell's accuracy (read back from the run); on another process the tracker records nothing at all."""
+    monkeypatch.setattr(tracking, "_said", set())
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = LoggerConfig(name="wandb", tags=["mine"])
+    assert type(tracking.make_tracker(cfg, "cell", {}, [], is_main=False)) is tracking.Tracker
+    tracker = tracking.make_tracker(cfg, "tiny__cell", {"method": {"name": "reft"}, "tag": "v3"}, ["seed=1"], True)
+    assert isinstance(tracker, tracking.WandbTracker)
+    run = tracker.run
+    assert run.name == "tiny__cell" and run.job_type == "reft" and set(run.tags) == {"mine", "seed=1", "tag=v3"}
+    tracker.log({"reft/score": 0.25}, step=1)
+    tracker.log({"reft/score": 0.75}, step=2)
+    tracker.summary({"accuracy": 0.5})
+    assert run.summary["accuracy"] == 0.5
+    tracker.finish()
+    (log_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"reft/score" in log_file.read_bytes()
+    assert not list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))[1:]  # the non-main one: no run
 
 
 def test_tables_logged_to_wandb_offline(tmp_path, monkeypatch):

@@ -22,9 +22,10 @@ def test_ties_go_to_the_first_seen():
 
 
 def test_numeric_answers_within_tolerance_vote_together():
-    # 2.001 and 1.999 are within 1e-2 of 2.0; 2.5 is not
-    assert majority_vote([2.5, 2.5, 2.0, 2.001, 1.999], NUM) == 2.0
-    assert majority_vote([2.5, 2.5, 2.0, 2.05], NUM) == 2.5
+    # the `tolerance` switch (upstream counts exact values: tests/test_protocol.py): 2.001 and 1.999 are within
+    # 1e-2 of 2.0; 2.5 is not
+    assert majority_vote([2.5, 2.5, 2.0, 2.001, 1.999], NUM, grouping="tolerance") == 2.0
+    assert majority_vote([2.5, 2.5, 2.0, 2.05], NUM, grouping="tolerance") == 2.5
 
 
 def test_mcq_only_single_letters_vote():
@@ -36,7 +37,7 @@ def test_mcq_only_single_letters_vote():
 def test_offline_selection_keeps_at_most_ten_unique_correct_plus_ground_truth():
     comps = [f"cot {i % 13}" for i in range(40)]  # 13 distinct texts, each repeated
     correct = [i % 13 != 5 for i in range(40)]  # text "cot 5" is wrong
-    out = select_offline_samples(comps, correct, "gold cot")
+    out = select_offline_samples(comps, correct, "gold cot", mode="dedup")
     assert out[-1] == "gold cot" and len(out) == 11
     assert len(set(out)) == 11, "duplicates removed"
     assert "cot 5" not in out, "wrong samples never kept"
@@ -44,9 +45,11 @@ def test_offline_selection_keeps_at_most_ten_unique_correct_plus_ground_truth():
 
 
 def test_offline_selection_with_few_or_no_correct_samples():
-    assert select_offline_samples(["x", "y"], [False, False], "gold") == ["gold"]
-    assert select_offline_samples(["x", "x", "gold"], [True, True, True], "gold") == ["x", "gold"]
-    assert select_offline_samples(["a", "b"], [True, True], "gold", max_unique=1) == ["a", "gold"]
+    # the `dedup` switch; upstream's ground truth twice: tests/test_protocol.py
+    assert select_offline_samples(["x", "y"], [False, False], "gold", mode="dedup") == ["gold"]
+    assert select_offline_samples(["x", "x", "gold"], [True, True, True], "gold", mode="dedup") == ["x", "gold"]
+    assert select_offline_samples(["a", "b"], [True, True], "gold", max_unique=1, mode="dedup") == ["a", "gold"]
+    assert select_offline_samples(["x", "y"], [False, False], "gold") == ["gold", "gold"]
 
 
 def test_vote_accuracy_by_k_averages_random_subsets():

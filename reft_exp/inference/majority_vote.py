@@ -1,6 +1,7 @@
 """Majority voting (upstream): K samples per TEST question from the method's checkpoint (a cached samples
 stage, shared with ``rerank``), vote over the non-None extracted answers (MCQ: single letters only), ties
-to the first seen, numeric answers equal within the reward tolerance."""
+to the first seen; answers are the same when their values are equal (upstream's ``Counter``,
+``inference.vote_grouping: exact``) or, as a switch, within the reward tolerance (``tolerance``)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ def generator_checkpoint(ctx: RunContext, method_out: dict[str, Any]) -> str:
     if which == "best":
         return method_out["checkpoint"]
     if which == "warmup":
-        from reft_exp.methods.sft import sft_stage
+        from reft_exp.methods.sft import sft_checkpoint, sft_stage
 
         stage, _ = sft_stage(ctx)
-        return str(stage.dir / "warmup")
+        return str(sft_checkpoint(ctx, stage, "warmup"))
     raise ValueError(f"inference.checkpoint={which!r}: expected best | warmup")
 
 
@@ -34,7 +35,7 @@ def vote_stats(ctx: RunContext, samples: SampleSet) -> dict[str, float]:
     n = max(len(samples.rows), 1)
     vote_ok = upper = mean_acc = 0.0
     for row in samples.rows:
-        winner = majority_vote([s["pred"] for s in row["samples"]], ctx.spec)
+        winner = majority_vote([s["pred"] for s in row["samples"]], ctx.spec, ctx.cfg.inference.vote_grouping)
         vote_ok += is_correct(winner, row["gold"], ctx.spec)
         upper += any(s["correct"] for s in row["samples"])
         mean_acc += sum(s["correct"] for s in row["samples"]) / max(len(row["samples"]), 1)
@@ -48,7 +49,7 @@ def vote_curve(ctx: RunContext, samples: SampleSet) -> dict[str, float]:
     inf = ctx.cfg.inference
     k_max = max((len(row["samples"]) for row in samples.rows), default=0)
     ks = sorted({k for k in inf.curve_ks if k < k_max} | {k_max}) if k_max else []
-    curve = vote_accuracy_by_k(samples.rows, ctx.spec, ks, inf.curve_repeats, ctx.cfg.root.seed)
+    curve = vote_accuracy_by_k(samples.rows, ctx.spec, ks, inf.curve_repeats, ctx.cfg.root.seed, inf.vote_grouping)
     return {str(k): v for k, v in curve.items()}
 
 
@@ -59,4 +60,5 @@ def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
     return {"name": "majority_vote", "accuracy": stats["vote_accuracy"], **stats,
             "vote_accuracy_by_k": vote_curve(ctx, samples),
             "num_samples": ctx.cfg.inference.sampling.num_samples, "greedy_accuracy": train["best_accuracy"],
+            "vote_grouping": ctx.cfg.inference.vote_grouping,
             "checkpoint": generator_checkpoint(ctx, method_out), "samples_stage": str(samples.stage.dir)}

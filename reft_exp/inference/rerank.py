@@ -3,12 +3,18 @@
 1. The reranker: ``AutoModelForSequenceClassification`` (2 labels, score read on the last non-pad token)
    initialised from the generator's checkpoint (the method's best), trained on the deduplicated samples
    that the SFT WARM-UP drew on the TRAIN split (a samples stage shared with offline self-training),
-   labelled by correctness; AdamW, linear schedule with warm-up, CE loss. A fraction of the training
-   questions is held out to report the classifier's accuracy beside the majority-class rate (chance).
-   The reranker is a cached stage keyed by (generator, training samples, reranker config).
+   labelled by correctness; AdamW, linear schedule with warm-up, CE loss. All training questions are used,
+   as upstream; ``heldout_fraction`` > 0 holds some out to report the classifier's accuracy and AUC beside
+   the majority-class rate (chance). The reranker is a cached stage keyed by (generator, training samples,
+   reranker config, and the test samples under ``best_on_test``).
 2. At test time, among the unique valid candidates of each question's K samples (shared with
-   ``majority_vote``), the one with the highest P(correct) is the answer. The record also carries the vote
-   accuracy and the upper bound (any sample correct) of the same samples.
+   ``majority_vote``; multiple choice: single letters, train_reward_model.py:294-298), the one with the
+   highest P(correct) is the answer. ``selection: best_on_test`` (upstream, train_reward_model.py:188-193,
+   397-402) measures that on the TEST set every ``eval_every_steps`` optimizer steps and at each epoch end and
+   reports the best: optimistic, the checkpoint is chosen on the test set; the record says so
+   (``selection``, ``selected_on_test``) and keeps the final model's accuracy beside it. ``selection: final``
+   reports the reranker after its last epoch. The record also carries the vote accuracy and the upper bound
+   (any sample correct) of the same samples.
 """
 
 from __future__ import annotations
@@ -25,20 +31,25 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-from reft_exp.answers import vote_candidate
+from reft_exp.answers import rerank_candidate
 from reft_exp.checkpoint import save_model
 from reft_exp.config import RerankerConfig
 from reft_exp.context import RunContext
 from reft_exp.inference.majority_vote import generator_checkpoint, samples_on_test, vote_stats
-from reft_exp.methods.sft import sft_stage
+from reft_exp.methods.sft import sft_checkpoint, sft_stage
 from reft_exp.models import DTYPES, load_tokenizer
 from reft_exp.prompts import build_prompt
+from reft_exp.runner import GeneratorState, Schedule, Task, remove_state, train
 from reft_exp.sampling import SampleSet, checkpoint_id, sample_stage, samples_stage_of
-from reft_exp.stages import Stage, run_stage
+from reft_exp.stages import Stage, run_stage, stage_key
 from reft_exp.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
 RERANKER_DIR = "reranker"
+# What the reranker stage reads (its key); its upstreams: the generator checkpoint, the training samples and,
+# when it selects on the test set, the test samples.
+READS = ("model", "dataset", "cot", "inference.reranker", "accelerate.mixed_precision", "root.seed")
+BEST_SCORES_FILE = "test_scores.json"  # best_on_test: best/test_scores.json, the scores of the best evaluation
 
 
 def load_classifier(path: str | Path, dtype: str, num_labels: int | None = None):
@@ -141,96 +152,168 @@ def heldout_split(examples: list[dict], fraction: float, seed: int) -> tuple[lis
     return [e for e in examples if e["item_id"] not in held], [e for e in examples if e["item_id"] in held]
 
 
-def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples: list[dict],
-                   out_dir: Path) -> dict:
-    acc, cfg = ctx.accelerator, ctx.cfg
-    tokenizer = load_tokenizer(generator, cfg.model)
-    model = load_classifier(generator, cfg.model.dtype, num_labels=2)
-    model.config.pad_token_id = cfg.model.pad_token_id
-    collate = ClassifierCollator(tokenizer, rr.max_length, cfg.model.add_special_tokens)
-    train, held = heldout_split(examples, rr.heldout_fraction, cfg.root.seed)
-    loader = DataLoader(train, batch_size=rr.batch_size, shuffle=True, collate_fn=collate,
-                        generator=torch.Generator().manual_seed(cfg.root.seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=rr.lr, weight_decay=rr.weight_decay)
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
-    total = rr.epochs * len(loader) * acc.num_processes
-    scheduler = acc.prepare(get_linear_schedule_with_warmup(optimizer, int(rr.warmup_ratio * total), total))
+class RerankerTask(Task):
+    """The classifier's training as a runner task: CE on (question + sample, correct?) pairs, AdamW, linear
+    schedule with warm-up (stepped per global optimizer step, so the state resumes on any process count).
+    ``test_eval(model, collate)`` (``best_on_test``) gives the rerank accuracy and scores on the test samples:
+    the runner calls it every ``eval_every_steps`` optimizer steps and at each epoch end and keeps the best
+    (``save_model`` writes that evaluation's scores)."""
 
-    def heldout_metrics() -> dict:
-        if not held:
+    def __init__(self, ctx: RunContext, rr: RerankerConfig, generator: str, examples: list[dict], test_eval=None):
+        acc, cfg = ctx.accelerator, ctx.cfg
+        self.ctx, self.rr, self.test_eval = ctx, rr, test_eval
+        self.tokenizer = load_tokenizer(generator, cfg.model)
+        model = load_classifier(generator, cfg.model.dtype, num_labels=2)
+        model.config.pad_token_id = cfg.model.pad_token_id
+        self.collate = ClassifierCollator(self.tokenizer, rr.max_length, cfg.model.add_special_tokens)
+        self.train, self.held = heldout_split(examples, rr.heldout_fraction, cfg.root.seed)
+        data_order = torch.Generator().manual_seed(cfg.root.seed)
+        loader = DataLoader(self.train, batch_size=rr.batch_size, shuffle=True, collate_fn=self.collate,
+                            generator=data_order)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=rr.lr, weight_decay=rr.weight_decay)
+        self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
+        total = rr.epochs * len(self.loader)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(rr.warmup_ratio * total), total)
+        self.objects = (GeneratorState(data_order), self.scheduler)
+        self.positive = sum(e["label"] for e in self.held) / max(len(self.held), 1)
+        self.best_scores = None
+
+    def batches(self, epoch: int):
+        self.model.train()
+        return self.loader
+
+    def step(self, batch) -> tuple[dict[str, float], bool]:
+        acc = self.ctx.accelerator
+        loss = self.model(**batch).loss
+        acc.backward(loss)
+        acc.clip_grad_norm_(self.model.parameters(), self.rr.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad()
+        return {"loss": loss.item()}, True
+
+    def heldout_metrics(self) -> dict:
+        if not self.held:
             return {"heldout_accuracy": None, "heldout_auc": None}
-        probs = p_correct(ctx, acc.unwrap_model(model), collate, [e["text"] for e in held], rr.eval_batch_size,
-                          "reranker held-out")
-        labels = [e["label"] for e in held]
-        return {"heldout_accuracy": sum((p >= 0.5) == bool(y) for p, y in zip(probs, labels)) / len(held),
+        probs = p_correct(self.ctx, self.ctx.accelerator.unwrap_model(self.model), self.collate,
+                          [e["text"] for e in self.held], self.rr.eval_batch_size, "reranker held-out")
+        labels = [e["label"] for e in self.held]
+        return {"heldout_accuracy": sum((p >= 0.5) == bool(y) for p, y in zip(probs, labels)) / len(self.held),
                 "heldout_auc": roc_auc(probs, labels)}
 
-    positive = sum(e["label"] for e in held) / max(len(held), 1)
-    history = [{"epoch": 0} | heldout_metrics()]
-    for epoch in range(1, rr.epochs + 1):
-        model.train()
-        losses = []
-        bar = tqdm(loader, desc=f"reranker epoch {epoch}/{rr.epochs}",
-                   disable=not (cfg.root.progress and acc.is_main_process))
-        for batch in bar:
-            loss = model(**batch).loss
-            acc.backward(loss)
-            acc.clip_grad_norm_(model.parameters(), rr.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        row = {"epoch": epoch, "train_loss": sum(losses) / max(len(losses), 1)} | heldout_metrics()
-        history.append(row)
-        log.info("reranker epoch %d: loss %.4f held-out accuracy %s (majority class %.4f), AUC %s", epoch,
-                 row["train_loss"], row["heldout_accuracy"], max(positive, 1 - positive), row["heldout_auc"])
-    save_model(acc, model, tokenizer, out_dir / RERANKER_DIR)
-    acc.free_memory()
-    return {"epochs": history, "train_examples": len(train), "heldout_examples": len(held),
-            "heldout_accuracy": history[-1]["heldout_accuracy"], "heldout_auc": history[-1]["heldout_auc"],
-            "heldout_chance": max(positive, 1 - positive), "train_positive_rate":
-                sum(e["label"] for e in train) / max(len(train), 1)}
+    def epoch_summary(self, stats: list[dict[str, float]], seconds: float) -> dict:
+        row = {"train_loss": sum(s["loss"] for s in stats) / max(len(stats), 1)} | self.heldout_metrics()
+        log.info("reranker: loss %.4f held-out accuracy %s (majority class %.4f), AUC %s", row["train_loss"],
+                 row["heldout_accuracy"], max(self.positive, 1 - self.positive), row["heldout_auc"])
+        return row
+
+    def evaluate(self) -> dict[str, float]:
+        accuracy, self.best_scores = self.test_eval(self.ctx.accelerator.unwrap_model(self.model), self.collate)
+        self.model.train()
+        return {"test_accuracy": accuracy}
+
+    def save_model(self, folder: Path) -> None:  # the best evaluation: its test scores (the model is not needed)
+        if self.ctx.accelerator.is_main_process:
+            atomic_write_json(folder / BEST_SCORES_FILE, self.best_scores)
+
+    def finish(self, out_dir: Path, progress) -> None:
+        save_model(self.ctx.accelerator, self.model, self.tokenizer, out_dir / RERANKER_DIR)
 
 
-def reranker_stage(ctx: RunContext, generator: str) -> tuple[Stage, dict]:
+def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples: list[dict],
+                   out_dir: Path, test_eval=None) -> dict:
+    """Train the classifier (the runner: resumable, per-epoch held-out metrics); under ``best_on_test`` the
+    test evaluations and the best of them (train_reward_model.py:188-193, 397-402)."""
+    task = RerankerTask(ctx, rr, generator, examples, test_eval)
+    on_test = test_eval is not None
+    sched = Schedule(desc="reranker", epochs=rr.epochs, eval_every_epochs=1 if on_test else None,
+                     eval_every_steps=rr.eval_every_steps if on_test else None, save_best=on_test)
+    out = train(ctx, out_dir, sched, task)
+    selection = {}
+    if on_test:
+        evals = sorted(out["epochs"] + out.get("evals", []), key=lambda r: (r["step"], "train_loss" in r))
+        selection = {"test_evals": [{"epoch": r["epoch"], "step": r["step"], "rerank_accuracy": r["test_accuracy"]}
+                                    for r in evals if "test_accuracy" in r],
+                     "best_test_rerank_accuracy": out["best_accuracy"], "best_test_epoch": out["best_epoch"],
+                     "best_test_step": out["best_step"], "final_test_rerank_accuracy": out["final_accuracy"]}
+    last = out["epochs"][-1]
+    return selection | {"epochs": out["epochs"], "train_examples": len(task.train),
+                        "heldout_examples": len(task.held), "heldout_accuracy": last["heldout_accuracy"],
+                        "heldout_auc": last["heldout_auc"], "heldout_chance": max(task.positive, 1 - task.positive),
+                        "train_positive_rate": sum(e["label"] for e in task.train) / max(len(task.train), 1)}
+
+
+def reranker_stage(ctx: RunContext, generator: str, test_samples: SampleSet | None = None) -> tuple[Stage, dict]:
+    """The trained reranker; under ``selection: best_on_test`` it is evaluated on ``test_samples`` while it
+    trains (which then are part of its key)."""
     cfg, rr = ctx.cfg, ctx.cfg.inference.reranker
     sft, _ = sft_stage(ctx)
-    warmup = sft.dir / "warmup"
-    key = {"generator": checkpoint_id(generator),
-           "train_samples": samples_stage_of(ctx, warmup, "train", rr.train_sampling).hash, "reranker": rr,
-           "seed": cfg.root.seed, "mixed_precision": cfg.accelerate.mixed_precision}
+    warmup = sft_checkpoint(ctx, sft, "warmup")
+    on_test = rr.selection == "best_on_test"
+    if on_test and test_samples is None:
+        raise ValueError("reranker selection best_on_test needs the test samples")
+    upstream = {"generator": checkpoint_id(generator),
+                "train_samples": samples_stage_of(ctx, warmup, "train", rr.train_sampling).hash}
+    if on_test:
+        upstream["test_samples"] = test_samples.stage.hash
     stage = Stage(ctx.cache_dir, "reranker", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
-                  key)
+                  stage_key(cfg, READS, upstream))
     questions = {r["item_id"]: r["question"] for r in ctx.splits["train"]}
 
     def compute(folder: Path) -> dict:  # the training samples are drawn (or read) only when training
         train_samples = sample_stage(ctx, warmup, "train", rr.train_sampling)
         examples = reranker_examples(questions, train_samples, ctx.cot)
-        with ctx.timer("reranker_train"):
-            return train_reranker(ctx, rr, generator, examples, folder)
+        test_eval = None
+        if on_test:
+            slots, texts = test_candidates(ctx, test_samples)
 
-    reused = run_stage(stage, ctx.accelerator, compute)
+            def test_eval(model, collate):
+                probs = p_correct(ctx, model, collate, texts, rr.eval_batch_size, "rerank test")
+                scores = scores_from_probs(test_samples, slots, probs)
+                return rerank_accuracy(test_samples, scores), scores
+
+        with ctx.timer("reranker_train"):
+            return train_reranker(ctx, rr, generator, examples, folder, test_eval)
+
+    reused = run_stage(stage, ctx.accelerator, compute, seed=cfg.root.seed)
+    if not reused and ctx.accelerator.is_main_process:
+        remove_state(stage.dir)  # complete: the resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
 
 
-def rerank_scores(ctx: RunContext, stage: Stage, samples: SampleSet) -> list[list[float | None]]:
-    """P(correct) of every test sample (None for invalid or duplicate ones), cached beside the reranker."""
-    path = stage.dir / f"test_scores_{samples.stage.hash}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    cfg, rr = ctx.cfg, ctx.cfg.inference.reranker
+def test_candidates(ctx: RunContext, samples: SampleSet) -> tuple[list[tuple[int, int]], list[str]]:
+    """(row, sample) slot and reranker input text of every unique valid candidate of the test samples
+    (multiple choice: a single letter, :func:`reft_exp.answers.rerank_candidate`)."""
     questions = {r["item_id"]: r["question"] for r in ctx.splits["test"]}
-    slots, texts = [], []  # (row, sample) of every unique valid candidate
+    slots, texts = [], []
     for i, row in enumerate(samples.rows):
         seen: set[str] = set()
         for j, s in enumerate(row["samples"]):
-            if vote_candidate(s["pred"], ctx.spec) is None or s["text"] in seen:
+            if rerank_candidate(s["pred"], ctx.spec) is None or s["text"] in seen:
                 continue
             seen.add(s["text"])
             slots.append((i, j))
             texts.append(build_prompt(questions[row["item_id"]], ctx.cot) + s["text"])
+    return slots, texts
+
+
+def scores_from_probs(samples: SampleSet, slots: list[tuple[int, int]],
+                      probs: list[float]) -> list[list[float | None]]:
+    scores: list[list[float | None]] = [[None] * len(r["samples"]) for r in samples.rows]
+    for (i, j), p in zip(slots, probs):
+        scores[i][j] = p
+    return scores
+
+
+def rerank_scores(ctx: RunContext, stage: Stage, samples: SampleSet) -> list[list[float | None]]:
+    """P(correct) of every test sample from the final reranker (None for invalid or duplicate ones), cached
+    beside the reranker."""
+    path = stage.dir / f"test_scores_{samples.stage.hash}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cfg, rr = ctx.cfg, ctx.cfg.inference.reranker
+    slots, texts = test_candidates(ctx, samples)
     folder = stage.dir / RERANKER_DIR
     tokenizer = load_tokenizer(folder, cfg.model)
     model = load_classifier(folder, cfg.model.dtype)
@@ -239,9 +322,7 @@ def rerank_scores(ctx: RunContext, stage: Stage, samples: SampleSet) -> list[lis
     with ctx.timer("reranker_score"):
         probs = p_correct(ctx, model, ClassifierCollator(tokenizer, rr.max_length, cfg.model.add_special_tokens),
                           texts, rr.eval_batch_size, "rerank test")
-    scores: list[list[float | None]] = [[None] * len(r["samples"]) for r in samples.rows]
-    for (i, j), p in zip(slots, probs):
-        scores[i][j] = p
+    scores = scores_from_probs(samples, slots, probs)
     if ctx.accelerator.is_main_process:
         atomic_write_json(path, scores)
     return scores
@@ -259,12 +340,19 @@ def rerank_accuracy(samples: SampleSet, scores: list[list[float | None]]) -> flo
 def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
     generator = generator_checkpoint(ctx, method_out)
     samples = samples_on_test(ctx, method_out)
-    stage, meta = reranker_stage(ctx, generator)
-    accuracy = rerank_accuracy(samples, rerank_scores(ctx, stage, samples))
+    rr = ctx.cfg.inference.reranker
+    stage, meta = reranker_stage(ctx, generator, samples)
+    if rr.selection == "best_on_test":  # upstream: the best test accuracy seen while training (optimistic)
+        accuracy, final_accuracy = meta["best_test_rerank_accuracy"], meta["final_test_rerank_accuracy"]
+    else:
+        accuracy = final_accuracy = rerank_accuracy(samples, rerank_scores(ctx, stage, samples))
     stats = vote_stats(ctx, samples)
-    log.info("rerank: accuracy %.4f (vote %.4f, upper bound %.4f, greedy %.4f)", accuracy,
-             stats["vote_accuracy"], stats["upper_bound"], method_out["train"]["best_accuracy"])
-    return {"name": "rerank", "accuracy": accuracy, **stats,
+    log.info("rerank: accuracy %.4f (%s; final model %.4f; vote %.4f, upper bound %.4f, greedy %.4f)", accuracy,
+             rr.selection, final_accuracy, stats["vote_accuracy"], stats["upper_bound"],
+             method_out["train"]["best_accuracy"])
+    return {"name": "rerank", "accuracy": accuracy, "selection": rr.selection,
+            "selected_on_test": rr.selection == "best_on_test", "final_model_accuracy": final_accuracy,
+            "test_evals": meta.get("test_evals"), **stats,
             "num_samples": ctx.cfg.inference.sampling.num_samples,
             "greedy_accuracy": method_out["train"]["best_accuracy"], "checkpoint": generator,
             "samples_stage": str(samples.stage.dir), "reranker_stage": str(stage.dir),

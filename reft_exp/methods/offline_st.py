@@ -3,9 +3,12 @@
 1. Sample ``K`` responses per TRAIN question from the SFT warm-up checkpoint (a cached ``samples`` stage,
    shared with the reranker's training data);
 2. keep up to ``max_correct_per_question`` unique correct ones per question, plus the ground truth
-   (:func:`reft_exp.voting.select_offline_samples`);
+   (:func:`reft_exp.voting.select_offline_samples`): by default as upstream, whose training files are the
+   data file and the samples file, so the ground truth comes twice and a sample equal to it takes a slot
+   (``data_mode``);
 3. fine-tune the BASE model on that set with the SFT recipe (the ``sft`` node) for ``epochs`` epochs,
-   greedy test accuracy every epoch, best epoch reported.
+   greedy test accuracy every ``eval_every_steps`` optimizer steps (per dataset, the OffSL scripts; null =
+   every epoch), the best reported.
 """
 
 from __future__ import annotations
@@ -14,21 +17,24 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from reft_exp.checkpoint import remove_train_state
 from reft_exp.config import OfflineSTConfig
 from reft_exp.context import RunContext
-from reft_exp.methods.sft import STATE_DIR, sft_stage, train_supervised
+from reft_exp.methods.sft import sft_checkpoint, sft_stage, train_supervised
 from reft_exp.prompts import build_target
+from reft_exp.runner import remove_state
 from reft_exp.sampling import SampleSet, sample_stage, samples_stage_of
-from reft_exp.stages import Stage, run_stage
+from reft_exp.stages import Stage, run_stage, stage_key
 from reft_exp.voting import select_offline_samples
 
 log = logging.getLogger(__name__)
+# What the offline self-training stage reads (its key); its upstreams: the warm-up's samples, the base model.
+READS = ("model", "dataset", "cot", "sft", "method", "reward", "executor", "accelerate.mixed_precision",
+         "root.seed")
 
 
 def offline_records(train: list[dict], samples: SampleSet, oc: OfflineSTConfig, cot: str) -> list[dict]:
     """The self-training set: per question its kept correct samples (+ the ground truth), as records whose
-    ``target`` is the text to learn. Questions that were not sampled keep only their ground truth."""
+    ``target`` is the text to learn. Questions that were not sampled keep only their ground truth (once)."""
     by_id = {r["item_id"]: r for r in samples.rows}
     out = []
     for rec in train:
@@ -36,38 +42,41 @@ def offline_records(train: list[dict], samples: SampleSet, oc: OfflineSTConfig, 
         row = by_id.get(rec["item_id"])
         texts = [s["text"] for s in row["samples"]] if row else []
         correct = [s["correct"] for s in row["samples"]] if row else []
-        kept = select_offline_samples(texts, correct, truth, oc.max_correct_per_question)
+        if row is None:  # not sampled: only the data file's copy of the ground truth
+            kept = [truth]
+        else:
+            kept = select_offline_samples(texts, correct, truth, oc.max_correct_per_question, oc.data_mode)
         if not oc.include_ground_truth:
-            kept = kept[:-1]
-        out += [{"item_id": rec["item_id"], "question": rec["question"], "target": t} for t in kept]
+            kept = [t for t in kept if t.strip() != truth.strip()]
+        out += [{"item_id": rec["item_id"], "question": rec["question"], "target": t,
+                 "ground_truth": t.strip() == truth.strip()} for t in kept]
     return out
 
 
 def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
     cfg, oc = ctx.cfg, ctx.cfg.method
     sft, _ = sft_stage(ctx)
-    warmup = sft.dir / "warmup"
-    recipe = replace(cfg.sft, epochs=oc.epochs, train_epochs=None)
-    key = {"samples": samples_stage_of(ctx, warmup, "train", oc.sampling).hash, "offline_st": oc, "sft": recipe,
-           "seed": cfg.root.seed, "base": ctx.base_model_path, "max_new_tokens": cfg.inference.max_new_tokens,
-           "mixed_precision": cfg.accelerate.mixed_precision}
+    warmup = sft_checkpoint(ctx, sft, "warmup")
+    recipe = replace(cfg.sft, epochs=oc.epochs, train_epochs=None, eval_every_steps=oc.eval_every_steps)
+    upstream = {"samples": samples_stage_of(ctx, warmup, "train", oc.sampling).hash, "base": ctx.base_model_path}
     stage = Stage(ctx.cache_dir, "offline_st", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
-                  key)
+                  stage_key(cfg, READS, upstream))
 
     def compute(folder: Path) -> dict:  # the samples are drawn (or read) only when this stage is computed
         samples = sample_stage(ctx, warmup, "train", oc.sampling)
         records = offline_records(ctx.splits["train"], samples, oc, ctx.cot)
-        n_sampled = len(records) - len(ctx.splits["train"]) * oc.include_ground_truth
+        n_truth = sum(r["ground_truth"] for r in records)
+        n_sampled = len(records) - n_truth
         log.info("offline_st: %d training examples (%d self-generated + %d ground truth)", len(records),
-                 n_sampled, len(records) - n_sampled)
-        out = train_supervised(ctx, recipe, records, ctx.base_model_path, folder, None, desc="offline_st")
+                 n_sampled, n_truth)
+        out = train_supervised(ctx, recipe, records, ctx.base_model_path, folder, desc="offline_st")
         return out | {"examples": len(records), "self_generated": n_sampled,
                       "samples_stage": str(samples.stage.dir),
                       "sample_accuracy": samples.stage.meta()["sample_accuracy"]}
 
-    reused = run_stage(stage, ctx.accelerator, compute)
+    reused = run_stage(stage, ctx.accelerator, compute, seed=cfg.root.seed)
     if not reused and ctx.accelerator.is_main_process:
-        remove_train_state(stage.dir / STATE_DIR)  # complete: the resumable state is dead weight
+        remove_state(stage.dir)  # complete: the resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
 

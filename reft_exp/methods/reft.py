@@ -8,28 +8,26 @@ Each step, for a batch of training questions:
   4. GAE (gamma 1, lambda 0.95) over the critic's values, returns = advantages + values, advantages
      whitened over the global batch;
   5. ``ppo_epochs`` updates of ``pg_loss + vf_coef * vf_loss`` (clipped ratio, clipped values), grad clip.
-Greedy test accuracy every epoch (epoch 0 = the warm-up itself), best epoch kept. Resumable: the full
-training state (policy, value head, optimizer, RNG, epoch, step) is saved at the end of every epoch.
+Greedy test accuracy every epoch, prompted with the P-CoT header, prompt + response <= ``eval_max_length``
+(train_rl_reft.py:152-153, 683-686). Epoch 0 is the warm-up itself: recorded as ``warmup_accuracy`` but never
+the best epoch (upstream's best starts at -1 and only epochs 1.. count, train_rl_reft.py:854). Resumable: the
+full training state (policy, value head, optimizer, RNG, epoch, step) is saved at the end of every epoch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from reft_exp.checkpoint import load_train_state, remove_train_state, save_model, save_train_state
 from reft_exp.config import ReFTConfig
 from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed, prepare_frozen
-from reft_exp.evaluate import greedy_eval
-from reft_exp.methods.sft import sft_stage
+from reft_exp.methods.sft import sft_checkpoint, sft_stage
 from reft_exp.models import load_causal_lm, load_tokenizer
-from reft_exp.prompts import build_prompt
+from reft_exp.rl.loop import RLTask, rl_schedule
 from reft_exp.rl.policy import PolicyWithValue, disable_dropout, response_logprobs_values
 from reft_exp.rl.ppo_core import (
     entropy_from_logits,
@@ -41,118 +39,54 @@ from reft_exp.rl.ppo_core import (
     ppo_value_loss,
 )
 from reft_exp.rl.rollout import sample_rollout, score_rollout
-from reft_exp.rl.steps_log import StepsLog
-from reft_exp.stages import Stage, run_stage
+from reft_exp.runner import read_steps, remove_state, train
+from reft_exp.stages import Stage, run_stage, stage_key
+
+__all__ = ["ReFTTask", "ppo_step", "ppo_update", "read_steps", "reft_stage", "run", "train_reft"]
 
 log = logging.getLogger(__name__)
-STATE_DIR = "last_state"  # resumable training state, rewritten at the end of every epoch
-STEPS_FILE = "steps.jsonl"  # one line of stats per PPO step
+# What the ReFT stage reads (its key); its upstream: the SFT checkpoint it starts from.
+READS = ("model", "dataset", "cot", "method", "reward", "executor", "accelerate.mixed_precision", "root.seed")
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The question order of an epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+class ReFTTask(RLTask):
+    """Policy + value head (shared backbone, or a separate critic), a frozen reference, AdamW; a step is
+    :func:`ppo_step`."""
 
+    def __init__(self, ctx: RunContext, rc: ReFTConfig, init_path: str):
+        super().__init__(ctx, rc, "reft")
+        acc, cfg = ctx.accelerator, ctx.cfg
+        self.tokenizer = load_tokenizer(init_path, cfg.model)
+        lm = load_causal_lm(init_path, cfg.model)
+        value_lm = None if rc.critic_shared else load_causal_lm(init_path, cfg.model)
+        ref = load_causal_lm(init_path, cfg.model)
+        for m in (lm, value_lm, ref):
+            if m is not None and rc.disable_dropout:
+                disable_dropout(m)
+        ref.eval().requires_grad_(False)
+        policy = PolicyWithValue(lm, value_lm, zero_head=rc.value_head_init == "zero")
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr, weight_decay=rc.weight_decay,
+                                      betas=tuple(rc.adam_betas), eps=rc.adam_eps)
+        configure_deepspeed(acc, rc.batch_size, 1, rc.grad_clip)  # DeepSpeed only: its batch/accum/clip values
+        self.policy, self.optimizer = acc.prepare(policy, optimizer)
+        acc.gradient_accumulation_steps = 1  # one optimizer step per PPO epoch (backward() divides by this)
+        self.ref = prepare_frozen(acc, ref)  # no optimizer state; a DeepSpeed inference engine under ZeRO-3
 
-def rl_questions(tokenizer, train: list[dict], cot: str, max_prompt_length: int,
-                 max_questions: int | None) -> list[dict]:
-    """The RL training questions: those whose prompt fits ``max_prompt_length`` tokens (upstream filters by
-    max_input_length), then the first ``max_questions`` (None = all)."""
-    fits = [r for r in train
-            if len(tokenizer(build_prompt(r["question"], cot, with_header=True))["input_ids"]) <= max_prompt_length]
-    return fits[:max_questions]
+    def lm(self):
+        return self.ctx.accelerator.unwrap_model(self.policy).lm
+
+    def step(self, records: list[dict]) -> tuple[dict[str, float], bool]:
+        return ppo_step(self.ctx, self.rc, self.policy, self.ref, self.optimizer, self.tokenizer, records), True
+
+    def finish(self, out_dir: Path, progress) -> None:
+        if self.ctx.accelerator.is_main_process and self.rc.save_best and (out_dir / "best").is_dir():
+            self.ctx.accelerator.unwrap_model(self.policy).save_value_head(out_dir / "best")
 
 
 def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -> dict:
-    acc, cfg = ctx.accelerator, ctx.cfg
-    tokenizer = load_tokenizer(init_path, cfg.model)
-    lm = load_causal_lm(init_path, cfg.model)
-    value_lm = None if rc.critic_shared else load_causal_lm(init_path, cfg.model)
-    ref = load_causal_lm(init_path, cfg.model)
-    for m in (lm, value_lm, ref):
-        if m is not None and rc.disable_dropout:
-            disable_dropout(m)
-    ref.eval().requires_grad_(False)
-    policy = PolicyWithValue(lm, value_lm, zero_head=rc.value_head_init == "zero")
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr, weight_decay=rc.weight_decay,
-                                  betas=tuple(rc.adam_betas), eps=rc.adam_eps)
-    configure_deepspeed(acc, rc.batch_size, 1, rc.grad_clip)  # DeepSpeed only: its batch/accum/clip values
-    policy, optimizer = acc.prepare(policy, optimizer)
-    acc.gradient_accumulation_steps = 1  # one optimizer step per PPO epoch (backward() divides by this)
-    ref = prepare_frozen(acc, ref)  # no optimizer state; a DeepSpeed inference engine under ZeRO-3
-
-    # Questions whose prompt is too long are dropped (upstream filters by max_input_length).
-    questions = rl_questions(tokenizer, ctx.splits["train"], ctx.cot, rc.max_prompt_length, rc.max_questions)
-    per_step = rc.batch_size * acc.num_processes
-    steps_per_epoch = len(questions) // per_step
-    if steps_per_epoch == 0:
-        raise ValueError(f"reft: {len(questions)} usable training questions, fewer than one global batch "
-                         f"({per_step}); lower method.batch_size")
-
-    def evaluate() -> float:
-        with ctx.timer("reft_eval"):
-            res = greedy_eval(acc, policy_lm(), tokenizer, ctx.splits["test"], ctx.spec,
-                              cfg.inference.max_new_tokens, rc.eval_batch_size, cfg.model.add_special_tokens,
-                              cfg.root.progress, ctx.executor_if_needed)
-        return res.accuracy
-
-    def policy_lm():
-        return acc.unwrap_model(policy).lm
-
-    # ----- resume or start
-    progress = load_train_state(acc, out_dir / STATE_DIR, policy, optimizer)
-    if progress is not None:
-        log.info("reft: resuming after epoch %d (step %d) from %s", progress["epoch"], progress["step"], out_dir)
-    else:
-        warmup_acc = evaluate()
-        progress = {"epoch": 0, "step": 0, "best": {"accuracy": warmup_acc, "epoch": 0},
-                    "epochs": [{"epoch": 0, "step": 0, "test_accuracy": warmup_acc}]}
-        log.info("reft: warm-up greedy test accuracy %.4f", warmup_acc)
-        if rc.save_best:
-            save_model(acc, policy_lm(), tokenizer, out_dir / "best")
-
-    step = progress["step"]
-    steps_path = out_dir / STEPS_FILE
-    steps_log = StepsLog(steps_path, step, acc.is_main_process)  # steps after the resume point are redone
-    for epoch in range(progress["epoch"] + 1, rc.epochs + 1):
-        order = epoch_order(len(questions), cfg.root.seed, epoch)
-        sums: dict[str, float] = {}
-        bar = tqdm(range(steps_per_epoch), desc=f"reft epoch {epoch}/{rc.epochs}",
-                   disable=not (cfg.root.progress and acc.is_main_process))
-        for i in bar:
-            batch_ids = order[i * per_step : (i + 1) * per_step]
-            local = batch_ids[acc.process_index * rc.batch_size : (acc.process_index + 1) * rc.batch_size]
-            records = [questions[j] for j in local]
-            stats = ppo_step(ctx, rc, policy, ref, optimizer, tokenizer, records)
-            step += 1
-            steps_log.append(epoch, step, stats)
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if step % rc.log_every_steps == 0:
-                ctx.tracker.log({f"reft/{k}": v for k, v in stats.items()}, step)
-            bar.set_postfix(score=f"{stats['score']:.2f}", kl=f"{stats['kl']:.3f}")
-        row = {"epoch": epoch, "step": step} | {k: v / steps_per_epoch for k, v in sums.items()}
-        if epoch % rc.eval_every_epochs == 0 or epoch == rc.epochs:
-            row["test_accuracy"] = evaluate()
-            if row["test_accuracy"] > progress["best"]["accuracy"]:
-                progress["best"] = {"accuracy": row["test_accuracy"], "epoch": epoch}
-                if rc.save_best:
-                    save_model(acc, policy_lm(), tokenizer, out_dir / "best")
-        progress["epochs"].append(row)
-        progress["epoch"], progress["step"] = epoch, step
-        log.info("reft epoch %d: score %.3f correct %.3f kl %.4f test acc %s", epoch, row["score"],
-                 row["correct"], row["kl"], f"{row.get('test_accuracy', float('nan')):.4f}")
-        ctx.tracker.log({f"reft/epoch_{k}": v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step)
-        save_train_state(acc, out_dir / STATE_DIR, policy, optimizer, progress)
-    if acc.is_main_process and rc.save_best:
-        acc.unwrap_model(policy).save_value_head(out_dir / "best")
-    warmup_accuracy = progress["epochs"][0]["test_accuracy"]
-    final = next((r["test_accuracy"] for r in reversed(progress["epochs"]) if "test_accuracy" in r), None)
-    return {"epochs": progress["epochs"], "best_accuracy": progress["best"]["accuracy"],
-            "best_epoch": progress["best"]["epoch"], "final_accuracy": final, "warmup_accuracy": warmup_accuracy,
-            "num_questions": len(questions), "steps": step, "init_checkpoint": init_path,
-            "steps_file": str(steps_path)}
+    task = ReFTTask(ctx, rc, init_path)
+    out = train(ctx, out_dir, rl_schedule("reft", rc), task)
+    return out | {"num_questions": len(task.questions), "init_checkpoint": init_path}
 
 
 def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer, records: list[dict]) -> dict:
@@ -161,7 +95,8 @@ def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer,
     t0 = time.perf_counter()
     with torch.no_grad():
         ro = sample_rollout(acc.unwrap_model(policy).lm, tokenizer, records, ctx.cot, rc.max_length,
-                            rc.temperature, rc.top_k, rc.top_p, cfg.model.add_special_tokens)
+                            rc.temperature, rc.top_k, rc.top_p, cfg.model.add_special_tokens,
+                            max_prompt_length=rc.max_prompt_length)
     t1 = time.perf_counter()
     score_rollout(ro, ctx.spec, ctx.executor_if_needed)
     t2 = time.perf_counter()
@@ -207,20 +142,19 @@ def ppo_update(acc, rc: ReFTConfig, policy, ref, optimizer, ro) -> dict:
 def reft_stage(ctx: RunContext) -> tuple[Stage, dict]:
     cfg, rc = ctx.cfg, ctx.cfg.method
     sft, _ = sft_stage(ctx)
-    init_path = str(sft.dir / rc.init)
-    key = {"sft_stage": sft.hash, "init": rc.init, "reft": rc, "seed": cfg.root.seed,
-           "reward": cfg.reward, "max_new_tokens": cfg.inference.max_new_tokens,
-           "mixed_precision": cfg.accelerate.mixed_precision}
-    stage = Stage(ctx.cache_dir, "reft", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}", key)
-    reused = run_stage(stage, ctx.accelerator, lambda folder: train_reft(ctx, rc, init_path, folder))
+    init = sft_checkpoint(ctx, sft, rc.init)
+    stage = Stage(ctx.cache_dir, "reft", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
+                  stage_key(cfg, READS, {"init": f"{sft.hash}/{init.name}"}))
+    reused = run_stage(stage, ctx.accelerator, lambda folder: train_reft(ctx, rc, str(init), folder),
+                       seed=cfg.root.seed)
     if not reused and ctx.accelerator.is_main_process:
-        remove_train_state(stage.dir / STATE_DIR)  # complete: the resumable state is dead weight
+        remove_state(stage.dir)  # complete: the resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
 
 
 def run(ctx: RunContext) -> dict:
-    """``method=reft``: per-epoch metrics (epoch 0 = warm-up); the best epoch's greedy accuracy is reported.
+    """``method=reft``: per-epoch metrics (epoch 0 = warm-up); the best epoch's (1..) greedy accuracy is reported.
     Per-step stats (score, KL, losses, clip fractions, entropy, length, time split) are in the stage's
     ``steps.jsonl`` (:func:`read_steps`); the record carries their per-epoch means."""
     stage, meta = reft_stage(ctx)
@@ -228,5 +162,3 @@ def run(ctx: RunContext) -> dict:
             "steps_file": meta["steps_file"]}
 
 
-def read_steps(path: str | Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]

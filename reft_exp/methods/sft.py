@@ -1,152 +1,167 @@
-"""SFT: supervised fine-tuning on (question, CoT) pairs, as upstream ``train_sft_model.py``.
+"""SFT: supervised fine-tuning on (question, CoT) pairs, as the official ``train_sft_model.py``.
 
-AdamW, linear schedule with 10% warm-up, grad clipping, per-device batch x grad accumulation, greedy test
-accuracy every epoch with the best epoch kept, and the warm-up checkpoint (epoch ``warmup_epoch`` of the
-same run) saved for ReFT and self-training. The SFT run is a cached stage: every cell of a grid that needs
-it (SFT itself, the warm-up of ReFT / self-training, samplers) reuses the one run.
+AdamW, linear schedule with 10% warm-up, grad clipping, per-device batch x grad accumulation; greedy test
+accuracy (prompt + response <= ``sft.eval_max_length``, train_sft_model.py:303-305) every epoch, or every
+``sft.eval_every_steps`` optimizer steps (offline self-training, as the OffSL scripts), the best kept; the epoch
+checkpoints ``epoch_<n>/`` (every epoch, or ``sft.save_epochs``), among which ``dataset.warmup_epoch`` picks the
+warm-up of ReFT and self-training. The SFT run is a cached stage: every cell of a grid that needs it (SFT
+itself, the warm-up of ReFT / self-training, samplers) reuses the one run, whatever warm-up epoch it picks.
+The loop, resume and checkpoints are the runner's (reft_exp/runner.py); this file is the build and the step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from reft_exp.batching import encode_records, sft_loader
-from reft_exp.checkpoint import (
-    load_train_state,
-    remove_train_state,
-    save_model,
-    save_train_state,
-    verify_model,
-)
-from reft_exp.config import SFTConfig
+from reft_exp.checkpoint import save_model, verify_model
+from reft_exp.config import ConfigError, SFTConfig
 from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed
 from reft_exp.evaluate import greedy_eval
 from reft_exp.models import load_causal_lm, load_tokenizer
-from reft_exp.stages import Stage, run_stage
-from reft_exp.utils import atomic_write_json
+from reft_exp.runner import GeneratorState, Schedule, Task, remove_state, train
+from reft_exp.stages import Stage, run_stage, stage_key
 
 log = logging.getLogger(__name__)
-STATE_DIR = "last_state"  # resumable training state, rewritten at the end of every epoch (+ ``.prev``)
+# What the SFT stage reads (its key: reft_exp.stages.stage_key); the base model is its upstream.
+READS = ("model", "dataset", "cot", "sft", "reward", "executor", "accelerate.mixed_precision", "root.seed")
 
 
-def train_supervised(ctx: RunContext, sft: SFTConfig, train_records: Sequence[dict], init_path: str,
-                     out_dir: Path, warmup_epoch: int | None, desc: str = "sft") -> dict:
-    """Train on ``train_records`` from ``init_path``; writes ``best/``, ``warmup/`` and ``metrics.json``."""
-    acc, cfg = ctx.accelerator, ctx.cfg
-    tokenizer = load_tokenizer(init_path, cfg.model)
-    model = load_causal_lm(init_path, cfg.model)
-    examples = encode_records(tokenizer, train_records, ctx.cot, sft.max_length, cfg.model.add_special_tokens)
-    generator = torch.Generator().manual_seed(cfg.root.seed)
-    loader = sft_loader(examples, sft.batch_size, generator, tokenizer.pad_token_id, sft.length_bucketing,
-                        sft.length_bucketing_pool)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay,
-                                  betas=tuple(sft.adam_betas), eps=sft.adam_eps)
-    configure_deepspeed(acc, sft.batch_size, sft.grad_accum, sft.grad_clip)  # DeepSpeed only
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
-    # accelerate steps a prepared scheduler once per process per optimizer step: count in those units.
-    steps_per_epoch = math.ceil(len(loader) / sft.grad_accum)
-    total_steps = sft.epochs * steps_per_epoch * acc.num_processes
-    scheduler = acc.prepare(get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=int(sft.warmup_ratio * total_steps), num_training_steps=total_steps))
-    acc.gradient_accumulation_steps = sft.grad_accum
+class SupervisedTask(Task):
+    """Cross-entropy on prompt + target with the prompt's labels ignored, the official SFT recipe."""
 
-    # Resume after the last saved epoch (model, optimizer, scheduler, RNGs incl. the data order, history).
-    state_dir, rngs = out_dir / STATE_DIR, {"data_order": generator}
-    progress = load_train_state(acc, state_dir, model, optimizer, scheduler, rngs)
-    if progress is not None:
-        log.info("%s: resuming after epoch %d (step %d) from %s", desc, progress["epoch"], progress["step"],
-                 state_dir)
-    else:
-        progress = {"epoch": 0, "step": 0, "epochs": [], "best": {"accuracy": -1.0, "epoch": None}}
-    history, best, step = progress["epochs"], progress["best"], progress["step"]
-    for epoch in range(progress["epoch"] + 1, sft.last_epoch + 1):
-        model.train()
-        losses, tokens, t_start = [], 0, time.perf_counter()  # tokens: non-pad tokens of this process
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch}/{sft.epochs}", disable=not (cfg.root.progress and
-                                                                                  acc.is_main_process))
-        with ctx.timer(f"{desc}_train"):
-            for batch in bar:
-                with acc.accumulate(model):
-                    loss = model(**batch).loss
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(model.parameters(), sft.grad_clip)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                losses.append(loss.detach().float().item())
-                tokens += int(batch["attention_mask"].sum())
-                if acc.sync_gradients:
-                    step += 1
-                    if step % sft.log_every_steps == 0:
-                        ctx.tracker.log({f"{desc}/loss": losses[-1], f"{desc}/lr": scheduler.get_last_lr()[0]}, step)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        seconds = time.perf_counter() - t_start
-        tokens = int(acc.reduce(torch.tensor(tokens, device=acc.device), reduction="sum"))
-        row = {"epoch": epoch, "step": step, "train_loss": sum(losses) / max(len(losses), 1),
-               "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(seconds, 1e-9)}
-        if epoch % sft.eval_every_epochs == 0 or epoch == sft.last_epoch:
-            with ctx.timer(f"{desc}_eval"):
-                res = greedy_eval(acc, model, tokenizer, ctx.splits["test"], ctx.spec,
-                                  cfg.inference.max_new_tokens, sft.eval_batch_size,
-                                  cfg.model.add_special_tokens, cfg.root.progress, ctx.executor_if_needed)
-            row.update(test_accuracy=res.accuracy, test_extracted=res.n_extracted / max(res.n, 1))
-            if res.accuracy > best["accuracy"]:
-                best = {"accuracy": res.accuracy, "epoch": epoch}
-                if sft.save_best:
-                    save_model(acc, model, tokenizer, out_dir / "best")
-        if warmup_epoch is not None and epoch == warmup_epoch:
-            save_model(acc, model, tokenizer, out_dir / "warmup")
-        history.append(row)
-        ctx.tracker.log({f"{desc}/{k}": v for k, v in row.items() if k != "epoch"} | {"epoch": epoch}, step)
-        log.info("%s epoch %d: loss %.4f test acc %s", desc, epoch, row["train_loss"],
-                 f"{row['test_accuracy']:.4f}" if "test_accuracy" in row else "-")
-        if acc.is_main_process:
-            atomic_write_json(out_dir / "metrics.json", {"epochs": history, "best": best})
-        save_train_state(acc, state_dir, model, optimizer,
-                         {"epoch": epoch, "step": step, "epochs": history, "best": best}, scheduler, rngs)
-    acc.free_memory()  # drop the accelerator's references to this run's model/optimizer/loader
-    acc.gradient_accumulation_steps = 1
-    return {"epochs": history, "best_accuracy": best["accuracy"], "best_epoch": best["epoch"],
-            "final_accuracy": next((r["test_accuracy"] for r in reversed(history) if "test_accuracy" in r), None)}
+    def __init__(self, ctx: RunContext, sft: SFTConfig, records: Sequence[dict], init_path: str, desc: str):
+        acc, cfg = ctx.accelerator, ctx.cfg
+        self.ctx, self.sft = ctx, sft
+        self.tokenizer = load_tokenizer(init_path, cfg.model)
+        model = load_causal_lm(init_path, cfg.model)
+        examples = encode_records(self.tokenizer, records, ctx.cot, sft.max_length, cfg.model.add_special_tokens)
+        generator = torch.Generator().manual_seed(cfg.root.seed)  # the data order, saved with every state
+        loader = sft_loader(examples, sft.batch_size, generator, self.tokenizer.pad_token_id, sft.length_bucketing,
+                            sft.length_bucketing_pool)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay,
+                                      betas=tuple(sft.adam_betas), eps=sft.adam_eps)
+        configure_deepspeed(acc, sft.batch_size, sft.grad_accum, sft.grad_clip)  # DeepSpeed only
+        self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
+        # The schedule counts global optimizer steps and is stepped once per optimizer step, here, not through
+        # accelerate (whose prepared scheduler steps once per process per step): its saved state then means the
+        # same under any process count, so a run saved on N processes resumes on M (docs/reliability.md).
+        self.steps_per_epoch = math.ceil(len(self.loader) / sft.grad_accum)
+        total_steps = sft.epochs * self.steps_per_epoch
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, num_warmup_steps=int(sft.warmup_ratio * total_steps), num_training_steps=total_steps)
+        self.objects = (GeneratorState(generator), self.scheduler)
+        acc.gradient_accumulation_steps = sft.grad_accum
+        if sft.eval_every_steps is not None and self.steps_per_epoch * sft.last_epoch < sft.eval_every_steps:
+            raise ConfigError(f"{desc}: eval_every_steps={sft.eval_every_steps} but the run has only "
+                              f"{self.steps_per_epoch * sft.last_epoch} optimizer steps: nothing would be evaluated")
+        self.tokens = 0  # non-pad tokens this process trained on in the current epoch
+
+    def batches(self, epoch: int):
+        self.model.train()
+        self.tokens = 0
+        return self.loader
+
+    def step(self, batch) -> tuple[dict[str, float], bool]:
+        acc = self.ctx.accelerator
+        with acc.accumulate(self.model):
+            loss = self.model(**batch).loss
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(self.model.parameters(), self.sft.grad_clip)
+            self.optimizer.step()
+            if acc.sync_gradients and not acc.optimizer_step_was_skipped:
+                self.scheduler.step()
+            self.optimizer.zero_grad()
+        self.tokens += int(batch["attention_mask"].sum())
+        return {"loss": loss.detach().float().item(), "lr": self.scheduler.get_last_lr()[0]}, acc.sync_gradients
+
+    def epoch_summary(self, stats: list[dict[str, float]], seconds: float) -> dict[str, float]:
+        acc = self.ctx.accelerator
+        tokens = int(acc.reduce(torch.tensor(self.tokens, device=acc.device), reduction="sum"))
+        return {"train_loss": sum(s["loss"] for s in stats) / max(len(stats), 1),
+                "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tokens / max(seconds, 1e-9)}
+
+    def evaluate(self) -> dict[str, float]:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        res = greedy_eval(ctx.accelerator, self.model, self.tokenizer, ctx.splits["test"], ctx.spec,
+                          cfg.inference.max_new_tokens, self.sft.eval_batch_size, cfg.model.add_special_tokens,
+                          cfg.root.progress, ctx.executor_if_needed, with_header=False,
+                          max_length=self.sft.eval_max_length, length_key="sft.eval_max_length")
+        self.model.train()
+        return {"test_accuracy": res.accuracy, "test_extracted": res.n_extracted / max(res.n, 1)}
+
+    def save_model(self, folder: Path) -> None:
+        save_model(self.ctx.accelerator, self.model, self.tokenizer, folder)
 
 
-def sft_stage(ctx: RunContext, sft: SFTConfig | None = None) -> tuple[Stage, dict]:
+def saved_epochs(sft: SFTConfig) -> list[int]:
+    """The epoch checkpoints an SFT run keeps (``sft.save_epochs``; null = every epoch it trains)."""
+    every = range(1, sft.last_epoch + 1)
+    return list(every) if sft.save_epochs is None else [e for e in sft.save_epochs if e in every]
+
+
+def train_supervised(ctx: RunContext, sft: SFTConfig, records: Sequence[dict], init_path: str, out_dir: Path,
+                     desc: str = "sft", save_epochs: Sequence[int] = ()) -> dict:
+    """Train on ``records`` from ``init_path``; writes ``best/``, ``epoch_<n>/`` and ``metrics.json``."""
+    task = SupervisedTask(ctx, sft, records, init_path, desc)
+    per_epoch = sft.eval_every_steps is None  # step-based runs evaluate only every N steps (OffSL scripts)
+    sched = Schedule(desc=desc, epochs=sft.last_epoch, schedule_epochs=sft.epochs,
+                     eval_every_epochs=sft.eval_every_epochs if per_epoch else None,
+                     eval_every_steps=sft.eval_every_steps, save_best=sft.save_best, save_epochs=tuple(save_epochs),
+                     log_every_steps=sft.log_every_steps)
+    return train(ctx, out_dir, sched, task)
+
+
+def sft_stage_of(ctx: RunContext) -> Stage:
+    """The SFT stage of this cell (its folder and key; nothing is trained)."""
+    cfg = ctx.cfg
+    return Stage(ctx.cache_dir, "sft", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
+                 stage_key(cfg, READS, {"base": ctx.base_model_path}))
+
+
+def sft_stage(ctx: RunContext) -> tuple[Stage, dict]:
     """The SFT run for this (model, dataset, cot, seed): computed once, reused by every cell needing it."""
     cfg = ctx.cfg
-    sft = sft if sft is not None else cfg.sft
-    warmup_epoch = cfg.dataset.warmup_epoch[ctx.cot]
-    key = {"model": cfg.model, "dataset": cfg.dataset, "cot": ctx.cot, "sft": sft, "seed": cfg.root.seed,
-           "warmup_epoch": warmup_epoch, "max_new_tokens": cfg.inference.max_new_tokens,
-           "mixed_precision": cfg.accelerate.mixed_precision, "base": ctx.base_model_path}
-    stage = Stage(ctx.cache_dir, "sft", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}", key)
-    init_path = ctx.base_model_path
+    stage = sft_stage_of(ctx)
+    epochs = saved_epochs(cfg.sft)
 
     def compute(folder: Path) -> dict:
-        return train_supervised(ctx, sft, ctx.splits["train"], init_path, folder, warmup_epoch, desc="sft")
+        return train_supervised(ctx, cfg.sft, ctx.splits["train"], ctx.base_model_path, folder, "sft", epochs)
 
     def verify(folder: Path) -> None:  # the checkpoints later stages load: present and intact
-        saves_warmup = warmup_epoch is not None and 1 <= warmup_epoch <= sft.last_epoch
-        for name in ["best"] * sft.save_best + ["warmup"] * saves_warmup:
+        for name in ["best"] * cfg.sft.save_best + [f"epoch_{e}" for e in epochs]:
             verify_model(folder / name)
 
-    reused = run_stage(stage, ctx.accelerator, compute, verify)
+    reused = run_stage(stage, ctx.accelerator, compute, verify, seed=cfg.root.seed)
     if not reused and ctx.accelerator.is_main_process:
-        remove_train_state(stage.dir / STATE_DIR)  # the stage is complete: its resumable state is dead weight
+        remove_state(stage.dir)  # the stage is complete: its resumable state is dead weight
     ctx.note_stage(stage, reused)
     return stage, stage.meta()
+
+
+def sft_checkpoint(ctx: RunContext, stage: Stage, which: str) -> Path:
+    """A checkpoint of the SFT run: ``best``, or ``warmup`` = the epoch ``dataset.warmup_epoch`` picks."""
+    if which == "best":
+        return stage.dir / "best"
+    epoch = ctx.cfg.dataset.warmup_epoch[ctx.cot]
+    if epoch not in saved_epochs(ctx.cfg.sft):
+        raise ConfigError(f"dataset.warmup_epoch.{ctx.cot}={epoch}: the SFT run keeps only epochs "
+                          f"{saved_epochs(ctx.cfg.sft)} (sft.save_epochs, sft.train_epochs)")
+    return stage.dir / f"epoch_{epoch}"
 
 
 def run(ctx: RunContext) -> dict:
     """``method=sft``: the SFT stage's per-epoch metrics; the best epoch's greedy accuracy is reported."""
     stage, meta = sft_stage(ctx)
-    return {"train": meta, "checkpoint": str(stage.dir / "best"), "warmup_checkpoint": str(stage.dir / "warmup")}
+    out = {"train": meta, "checkpoint": str(stage.dir / "best")}
+    if ctx.cfg.dataset.warmup_epoch[ctx.cot] in saved_epochs(ctx.cfg.sft):
+        out["warmup_checkpoint"] = str(sft_checkpoint(ctx, stage, "warmup"))
+    return out

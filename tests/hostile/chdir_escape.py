@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 def solution():
     import os
     os.chdir("__CANARY_DIR__")

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: answer=1 | exception
 def solution():
     import ctypes
     import os

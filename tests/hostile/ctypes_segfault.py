@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: crashed
 def solution():
     import ctypes
     return ctypes.string_at(0)

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 def solution():
     import os
     os.remove("__CANARY_DIR__/canary.txt")

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 def solution():
     with open("__CANARY_DIR__/canary.txt", "w") as handle:
         handle.write("pwned")

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 def solution():
     import os
     os.rename("__CANARY_DIR__/canary.txt", "__CANARY_DIR__/renamed.txt")

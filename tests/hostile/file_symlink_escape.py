@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 # A symlink inside the working directory that points outside; writing through it must fail.
 def solution():
     import os

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 # Low-level open with write flags.
 def solution():
     import os

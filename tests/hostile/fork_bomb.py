@@ -1,5 +1,5 @@
-# expect: blocked
-# Classic fork bomb: the audit hook refuses os.fork (seccomp and RLIMIT_NPROC=0 would too).
+# expect: exception
+# Classic fork bomb: seccomp fails fork/clone with EPERM (RLIMIT_NPROC=0 too, for a non-root uid).
 def solution():
     import os
     while True:

@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: exception
 # Process creation through multiprocessing.
 def solution():
     import multiprocessing

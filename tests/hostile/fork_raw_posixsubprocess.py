@@ -1,6 +1,5 @@
 # expect: exception
-# Bypasses every audit event by calling the C helper behind subprocess directly; the kernel layers
-# (seccomp fails clone/fork with EPERM, RLIMIT_NPROC=0 for nobody) must stop it: OSError.
+# Calls the C helper behind subprocess directly; seccomp fails clone/fork with EPERM: OSError.
 def solution():
     import _posixsubprocess
     import os

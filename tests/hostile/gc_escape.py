@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: answer
 # Walks every object of the worker to reach its internals.
 def solution():
     import gc

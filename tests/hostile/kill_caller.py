@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 # Finds the caller (the zygote's parent, e.g. pytest) through /proc and kills it.
 def solution():
     import os

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 # The worker's parent is the zygote.
 def solution():
     import os

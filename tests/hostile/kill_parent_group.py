@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 def solution():
     import os
     os.killpg(os.getpgid(os.getppid()), 9)

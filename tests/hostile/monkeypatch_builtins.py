@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: answer=1
 def solution():
     import builtins
     builtins.abs = lambda x: 0

@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: answer=1
 def solution():
     import sympy
     sympy.Integer.__add__ = lambda self, other: sympy.Integer(0)

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 def solution():
     import socket
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: exception
 # Replaces the worker process with a shell.
 def solution():
     import os

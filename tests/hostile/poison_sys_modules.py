@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: answer=1
 def solution():
     import sys
     import types

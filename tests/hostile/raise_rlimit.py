@@ -1,4 +1,4 @@
-# expect: blocked
+# expect: exception
 def solution():
     import resource
     resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))

@@ -1,5 +1,4 @@
-# expect: blocked
-# hook-only: yes
+# expect: exception
 # Runs a shell command that would create a file next to the canary.
 def solution():
     import subprocess

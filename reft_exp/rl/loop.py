@@ -1,0 +1,70 @@
+"""What the RL methods (ReFT, online self-training) share on top of the runner: the training questions, the
+order of an epoch, each process's slice of a step, the greedy evaluation of the policy (P-CoT header in the
+prompt, prompt + response <= ``eval_max_length``, train_rl_reft.py:152-153, 683-686) and its schedule (the
+warm-up evaluated as epoch 0 but never the best, train_rl_reft.py:854, train_rl_sl.py:433)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from reft_exp.checkpoint import save_model
+from reft_exp.config import ConfigError, RLLoopConfig
+from reft_exp.evaluate import greedy_eval
+from reft_exp.runner import Schedule, Task
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The question order of an epoch: a function of (seed, epoch) only, so a resumed run sees the same."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def rl_questions(train: list[dict], max_questions: int | None) -> list[dict]:
+    """The RL training questions: the first ``max_questions`` (None = all). None is dropped for its length: a
+    prompt over ``max_prompt_length`` tokens is truncated at rollout time (train_rl_reft.py:169)."""
+    return list(train[:max_questions])
+
+
+def rl_schedule(desc: str, rc: RLLoopConfig) -> Schedule:
+    return Schedule(desc=desc, epochs=rc.epochs, eval_every_epochs=rc.eval_every_epochs, eval_init=True,
+                    best_counts_init=False, save_best=rc.save_best, log_every_steps=rc.log_every_steps,
+                    steps_file=True)
+
+
+class RLTask(Task):
+    """An RL method's task: subclasses build ``self.tokenizer`` and the prepared models, define ``lm()`` (the
+    unwrapped policy LM) and ``step(records)``."""
+
+    def __init__(self, ctx, rc: RLLoopConfig, desc: str):
+        self.ctx, self.rc, self.desc = ctx, rc, desc
+        acc = ctx.accelerator
+        self.questions = rl_questions(ctx.splits["train"], rc.max_questions)
+        self.per_step = rc.batch_size * acc.num_processes
+        self.steps_per_epoch = len(self.questions) // self.per_step
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"method.batch_size: {len(self.questions)} training questions, fewer than one "
+                              f"global batch ({rc.batch_size} x {acc.num_processes} processes); lower it")
+
+    def lm(self):
+        raise NotImplementedError
+
+    def batches(self, epoch: int):
+        """This process's records of each step of ``epoch``."""
+        acc, b = self.ctx.accelerator, self.rc.batch_size
+        order = epoch_order(len(self.questions), self.ctx.cfg.root.seed, epoch)
+        for i in range(self.steps_per_epoch):
+            step_ids = order[i * self.per_step : (i + 1) * self.per_step]
+            yield [self.questions[j] for j in step_ids[acc.process_index * b : (acc.process_index + 1) * b]]
+
+    def evaluate(self) -> dict[str, float]:
+        ctx, cfg, rc = self.ctx, self.ctx.cfg, self.rc
+        res = greedy_eval(ctx.accelerator, self.lm(), self.tokenizer, ctx.splits["test"], ctx.spec,
+                          cfg.inference.max_new_tokens, rc.eval_batch_size, cfg.model.add_special_tokens,
+                          cfg.root.progress, ctx.executor_if_needed, with_header=rc.eval_with_header,
+                          max_length=rc.eval_max_length, length_key="method.eval_max_length")
+        return {"test_accuracy": res.accuracy}
+
+    def save_model(self, folder: Path) -> None:
+        save_model(self.ctx.accelerator, self.lm(), self.tokenizer, folder)
