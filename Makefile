@@ -24,7 +24,7 @@ DEMO_ARGS ?=
 TEST_WORKERS ?= 2
 TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv install install-system-sandbox test test-fast lint demo tables clean
+.PHONY: venv install install-system-sandbox test test-fast lint demo demo-real tables clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.10+)"; exit 1; }
@@ -58,6 +58,10 @@ demo: $(STAMP)
 	@echo "results records: results/runs/   (one JSON per grid cell)"
 	@echo "tables (ours beside the paper's, rebuilt at the end of the sweep): results/tables/table1.md, table2.md (+ .csv, .tex)"
 	@echo "plots: results/plots/*.png   (rebuild by hand: python -m reft_exp.tables)"
+
+demo-real: $(STAMP)
+	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=real_smoke $(DEMO_ARGS)
+	@echo "a real pretrained model (SmolLM2-135M-Instruct) on SVAMP P-CoT: results/runs/smollm2-135m__svamp__p__*.json"
 
 clean:
 	rm -rf outputs multirun results/runs results/cache results/tables results/plots .pytest_cache .ruff_cache

@@ -183,6 +183,9 @@ class SFTConfig:
     # Evaluate every N optimizer steps instead of every `eval_every_epochs` epochs (offline self-training
     # sets it per dataset, as the OffSL scripts); null = per epoch (SFT, upstream).
     eval_every_steps: int | None = None
+    # Also evaluate the initial (base) model before training, as epoch 0 (never the best): a pretrained model's
+    # zero-shot greedy accuracy (experiment=real_smoke). Ours, not upstream (false = upstream).
+    eval_init: bool = False
 
     def __post_init__(self):
         if self.train_epochs is not None and not 1 <= self.train_epochs <= self.epochs:

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -83,28 +84,23 @@ def new_token_budget(width: int, decoding: DecodingConfig) -> int:
 
 # ----------------------------------------------------------------------------------------- response side
 def _cut_at_eos(ids: Sequence[int], eos_token_id: int | None) -> list[int]:
-    ids = [int(i) for i in ids]
+    """A response up to (not including) its first EOS; a list of ints."""
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
     if eos_token_id is not None and eos_token_id in ids:
         ids = ids[: ids.index(eos_token_id)]
     return ids
 
 
 _warned_prefix = False
+_DECODE = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
 
 
-def split_decoded(tokenizer, prompt_ids: Sequence[int], response_ids: Sequence[int],
-                  prompt_text: str | None = None) -> tuple[str, str]:
-    """``(decoded prompt, completion)``: prompt + response (cut at its first EOS) decoded together, the completion
-    being what follows the decoded prompt. ``prompt_text``: the prompt's decode when the caller has it."""
+def _split(head: str, joint: str) -> tuple[str, str]:
+    """``(head, completion)``: the joint decode cut where the decoded prompt ends."""
     global _warned_prefix
-    prompt_ids = [int(i) for i in prompt_ids]
-    response = _cut_at_eos(response_ids, tokenizer.eos_token_id)
-    kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
-    head = tokenizer.decode(prompt_ids, **kw) if prompt_text is None else prompt_text
-    joint = tokenizer.decode(prompt_ids + response, **kw)
     if joint.startswith(head):
         return head, joint[len(head):]
-    # Not seen with the tokenizers in tests/tokenizers.py; keep what the two decodes share and say so once.
+    # Not seen with the tokenizers of tests/text_tokenizers.py; keep what the two decodes share and say so once.
     common = 0
     for a, b in zip(head, joint):
         if a != b:
@@ -115,6 +111,16 @@ def split_decoded(tokenizer, prompt_ids: Sequence[int], response_ids: Sequence[i
         log.warning("decoded prompt is not a prefix of the decoded prompt + response (%r vs %r); splitting where "
                     "they first differ", head[common:common + 20], joint[common:common + 20])
     return head, joint[common:]
+
+
+def split_decoded(tokenizer, prompt_ids: Sequence[int], response_ids: Sequence[int],
+                  prompt_text: str | None = None) -> tuple[str, str]:
+    """``(decoded prompt, completion)``: prompt + response (cut at its first EOS) decoded together, the completion
+    being what follows the decoded prompt. ``prompt_text``: the prompt's decode when the caller has it."""
+    prompt_ids = _cut_at_eos(prompt_ids, None)
+    response = _cut_at_eos(response_ids, tokenizer.eos_token_id)
+    head = tokenizer.decode(prompt_ids, **_DECODE) if prompt_text is None else prompt_text
+    return _split(head, tokenizer.decode(prompt_ids + response, **_DECODE))
 
 
 def answer_text(prompt_text: str, completion: str) -> str:
@@ -137,11 +143,13 @@ def decode_answer(tokenizer, prompt_ids: Sequence[int], response_ids: Sequence[i
 
 def decode_answers(tokenizer, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]],
                    per_prompt: int = 1) -> list[str]:
-    """:func:`decode_answer` of each response; response ``j`` follows prompt ``j // per_prompt``."""
-    kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
-    heads = tokenizer.batch_decode([list(map(int, p)) for p in prompt_ids], **kw)
-    return [decode_answer(tokenizer, prompt_ids[j // per_prompt], r, heads[j // per_prompt])
-            for j, r in enumerate(response_ids)]
+    """:func:`decode_answer` of each response (batched decodes); response ``j`` follows prompt ``j // per_prompt``.
+    The sequences go to ``batch_decode`` as numpy arrays (transformers checks a Python list element by element)."""
+    prompts = [_cut_at_eos(p, None) for p in prompt_ids]
+    heads = tokenizer.batch_decode([np.asarray(p, dtype=np.int64) for p in prompts], **_DECODE)
+    joints = tokenizer.batch_decode([np.asarray(prompts[j // per_prompt] + _cut_at_eos(r, tokenizer.eos_token_id),
+                                                dtype=np.int64) for j, r in enumerate(response_ids)], **_DECODE)
+    return [answer_text(*_split(heads[j // per_prompt], joint)) for j, joint in enumerate(joints)]
 
 
 # ---------------------------------------------------------------------------------------------- generation

@@ -1,8 +1,9 @@
 """Plots from the results records (PNG, matplotlib's Agg canvas; no pyplot state, safe in notebooks).
 
 ``accuracy_per_epoch.png`` (greedy test accuracy per epoch, one panel per model / dataset / CoT, one line per
-method), ``rl_curves__<model>__<dataset>__<cot>.png`` (reward, fraction correct and KL per PPO step from the RL
-records' ``steps.jsonl``) and ``voting_by_k.png`` (majority-vote accuracy against the number of samples).
+method), ``rl_curves__<model>__<dataset>__<cot>.png`` (reward, fraction correct, KL and response length per
+step from the RL records' ``steps.jsonl``: ReFT, online self-training, GRPO, RLOO) and ``voting_by_k.png``
+(majority-vote accuracy against the number of samples).
 Several seeds: mean with a ±1 std band. Points a record does not have are left out and a steps file that
 cannot be read is named on the figure; nothing is interpolated or invented. ``python -m reft_exp.tables``
 writes them beside the tables.
@@ -32,7 +33,8 @@ from reft_exp.utils import read_jsonl
 TRAIN_KEYS = ["model", "dataset", "cot", "method", "seed", "tag"]  # records sharing one training run
 PANEL_KEYS = ["model", "dataset", "cot"]
 VOTE_COLUMNS = TRAIN_KEYS + ["k", "vote_accuracy", "greedy_accuracy"]
-STEP_METRICS = {"score": "reward (score)", "correct": "fraction correct", "kl": "KL to the reference"}
+STEP_METRICS = {"score": "reward (score)", "correct": "fraction correct", "kl": "KL to the reference",
+                "response_length": "response length (tokens)"}
 
 
 @dataclass
@@ -211,8 +213,8 @@ def accuracy_figure(curves: Curves):
 
 
 def step_figure(curves: Curves, panel: tuple[str, str, str], smooth: int = 1):
-    """Per-step RL curves of one (model, dataset, CoT): reward, fraction correct and KL (mean ± std over
-    seeds, one line per method that wrote a steps file). Steps files that cannot be read are named."""
+    """Per-step RL curves of one (model, dataset, CoT): reward, fraction correct, KL and response length (mean ±
+    std over seeds, one line per method that wrote a steps file). Steps files that cannot be read are named."""
     steps = _select(curves.steps, panel)
     missing = _select(curves.missing, panel)
     metrics = list(STEP_METRICS)

@@ -22,7 +22,7 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from reft_exp.checkpoint import CorruptStateError, verify_manifest, write_manifest
 from reft_exp.distributed import uses_deepspeed
+from reft_exp.stages import Stage, run_stage, stage_key
 from reft_exp.utils import atomic_write_json, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -185,6 +186,27 @@ class TrainState:
 
 def remove_state(stage_dir: Path) -> None:
     shutil.rmtree(Path(stage_dir) / STATE_DIR, ignore_errors=True)
+
+
+def stage_of(ctx, kind: str, reads: Sequence[str], upstream: dict[str, str]) -> Stage:
+    """The stage (folder and key) of a training run of this cell; nothing is computed."""
+    cfg = ctx.cfg
+    return Stage(ctx.cache_dir, kind, f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
+                 stage_key(cfg, reads, upstream))
+
+
+def training_stage(ctx, kind: str, reads: Sequence[str], upstream: dict[str, str],
+                   compute: Callable[[Path], dict], verify: Callable[[Path], None] | None = None) -> tuple[Stage, dict]:
+    """A training run as a cached stage of this cell (``<cache>/<kind>/<model>_<dataset>_<cot>_s<seed>-<hash>``):
+    keyed by :func:`reft_exp.stages.stage_key` (its upstream outputs + the config nodes it ``reads``), computed
+    once under the stage lock, seeded at its start, its resumable state dropped once complete, noted in the
+    cell's record. Returns the stage and its metrics (the completion marker)."""
+    stage = stage_of(ctx, kind, reads, upstream)
+    reused = run_stage(stage, ctx.accelerator, compute, verify, seed=ctx.cfg.root.seed)
+    if not reused and ctx.accelerator.is_main_process:
+        remove_state(stage.dir)  # the stage is complete: its resumable state is dead weight
+    ctx.note_stage(stage, reused)
+    return stage, stage.meta()
 
 
 # ------------------------------------------------------------------------------------------------ the loop

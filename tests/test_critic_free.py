@@ -219,3 +219,87 @@ def test_config_errors_are_one_line(tmp_path) -> None:
         load_run_config([*base, "method=rloo", "method.kl_mode=k2"])
     rc = load_run_config([*base, "method=grpo", "method.scale_rewards=none", "method.loss_aggregation=constant"])
     assert isinstance(rc.method, GRPOConfig) and rc.method.scale_rewards == "none"
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+QUICK = ["dataset.train_size=96", "dataset.test_size=16", "sft.epochs=2", "dataset.warmup_epoch.n=1",
+         "inference.max_new_tokens=24", "sft.eval_max_length=112", "method.eval_max_length=112",
+         "method.batch_size=4", "method.num_generations=4", "method.max_length=120", "method.max_questions=16",
+         "method.eval_batch_size=16", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    """One results dir for the end-to-end tests: their SFT warm-up is one cached stage."""
+    return tmp_path_factory.mktemp("critic_free")
+
+
+STEP_KEYS = {"score", "correct", "kl", "kl_k3", "loss", "pg_loss", "kl_loss", "clipfrac", "entropy",
+             "response_length", "truncated", "reward", "mean_abs_advantage", "zero_variance_groups",
+             "zero_variance_fraction", "all_correct_groups", "time_generate", "time_score", "time_update"}
+
+
+@pytest.mark.parametrize("method,extra", [("grpo", []), ("rloo", ["method.ppo_epochs=2"]),
+                                          ("grpo", ["method.kl_mode=reward", "method.scale_rewards=none",
+                                                    "method.loss_aggregation=constant", "method.mask_truncated=true"])])
+def test_runs_from_the_sft_warmup_and_logs_its_steps(method, extra, quick_results) -> None:
+    from conftest import run_config
+
+    from reft_exp.run import run_cell
+    from reft_exp.runner import read_steps
+
+    rec = run_cell(run_config([*QUICK, f"method={method}", "method.epochs=2", *extra], quick_results))
+    assert "/sft/" in rec["method"]["init_checkpoint"]  # the warm-up of the shared SFT run
+    assert [e["epoch"] for e in rec["epochs"]] == [0, 1, 2]  # epoch 0 = the warm-up's greedy accuracy
+    assert rec["accuracy"] == max(e["test_accuracy"] for e in rec["epochs"][1:])
+    steps = read_steps(rec["method"]["steps_file"])
+    assert len(steps) == 2 * (16 // 4) and STEP_KEYS <= set(steps[0])
+    for s in steps:  # 4 groups of 4 per step; zero-variance ones counted among them
+        assert 0 <= s["zero_variance_groups"] <= 4 and s["all_correct_groups"] <= s["zero_variance_groups"]
+        assert s["zero_variance_fraction"] == s["zero_variance_groups"] / 4
+    # The policy is the reference until a step has a group with some variance: all-equal groups (here the
+    # barely trained warm-up is often wrong on every sample) give advantage 0, and k3's gradient at the
+    # reference is 0, so such a step leaves the policy exactly as it was. After a step with signal, it moves.
+    signal = [i for i, s in enumerate(steps) if s["zero_variance_groups"] < 4]
+    still = steps if not signal else steps[: signal[0] + 1]
+    assert all(s["kl"] == 0.0 and s["kl_k3"] == 0.0 and s["mean_abs_advantage"] == 0.0 for s in still[:-1])
+    assert still[-1]["kl"] == 0.0
+    if signal and signal[0] + 1 < len(steps):
+        assert any(abs(s["kl"]) > 1e-6 for s in steps[signal[0] + 1:]), "the policy moves away from the reference"
+
+
+# ----------------------------------------------------------------------------------------- tables, plots
+
+
+def test_grpo_and_rloo_are_table1_rows_without_paper_numbers_and_plot_their_steps(tmp_path) -> None:
+    import json
+
+    from test_plots import _record
+
+    from reft_exp import plots, tables
+    from reft_exp.results import write_record
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for method, acc, length in (("reft", 0.70, 50.0), ("grpo", 0.60, 40.0), ("rloo", 0.65, 30.0)):
+        steps = tmp_path / method / "steps.jsonl"
+        steps.parent.mkdir()
+        steps.write_text("".join(json.dumps({"epoch": 1, "step": s, "score": 0.5, "correct": 0.4, "kl": 0.1 * s,
+                                             "response_length": length + s}) + "\n" for s in (1, 2, 3)))
+        rec = _record("codellama-7b", "gsm8k", "p", method, 1, {0: 0.5, 1: acc}, steps_file=steps)
+        write_record(runs / f"{rec['cell_id']}.json", rec)
+    table = tables.build_table1(tables.load_records(runs))
+    assert list(table.index) == [("codellama-7b", "reft"), ("codellama-7b", "grpo"), ("codellama-7b", "rloo")]
+    cell = table["gsm8k P-CoT"]
+    assert cell["ours"].tolist() == pytest.approx([70.0, 60.0, 65.0])
+    assert not math.isnan(cell.loc[("codellama-7b", "reft"), "paper"])  # the paper has ReFT's number...
+    assert cell.loc[[("codellama-7b", "grpo"), ("codellama-7b", "rloo")], "paper"].isna().all()  # ...not these
+    shown = tables.format_table(table)
+    assert shown.loc[("codellama-7b", "grpo"), ("gsm8k P-CoT", "paper")] == tables.MISSING
+    fig = plots.step_figure(plots.load_curves(runs), ("codellama-7b", "gsm8k", "p"))
+    assert [ax.get_title() for ax in fig.axes] == ["reward (score)", "fraction correct", "KL to the reference",
+                                                   "response length (tokens)"]
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in fig.axes[3].get_lines()}
+    assert lines == {"reft": [51.0, 52.0, 53.0], "grpo": [41.0, 42.0, 43.0], "rloo": [31.0, 32.0, 33.0]}
+    assert [list(ln.get_ydata()) for ln in fig.axes[2].get_lines()] == [pytest.approx([0.1, 0.2, 0.3])] * 3

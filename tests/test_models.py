@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reft_exp.config import TinyModelConfig
+from reft_exp.config import ConfigError, HubModelConfig, TinyModelConfig
 from reft_exp.data.arith import generate_arith
 from reft_exp.models import build_tiny_model, load_causal_lm, load_tokenizer
 from reft_exp.prompts import build_prompt, build_target
@@ -62,3 +62,16 @@ def test_tiny_model_loads_via_auto_classes(tiny_dir):
 def test_missing_model_path_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_causal_lm("/nonexistent/model", TinyModelConfig(name="tiny", kind="tiny"))
+
+
+def test_hub_model_that_cannot_be_loaded_is_one_config_error_naming_the_ways_out(monkeypatch):
+    """Offline and not cached (an id no cache holds): one line with the model id, the cache and model.path, not an
+    OSError traceback (the app-level case, model=codellama-7b with an empty HF_HOME: tests/test_real_model.py)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = HubModelConfig(name="codellama-7b", kind="hub", path="reft-exp-tests/no-such-model")
+    for load in (load_tokenizer, load_causal_lm):
+        with pytest.raises(ConfigError) as err:
+            load(cfg.path, cfg)
+        msg = str(err.value)
+        assert "\n" not in msg and "'reft-exp-tests/no-such-model' cannot be loaded" in msg
+        assert "Hugging Face cache" in msg and "model.path=<folder>" in msg

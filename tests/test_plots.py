@@ -110,7 +110,8 @@ def test_accuracy_figure_mean_and_std_over_seeds(runs):
 def test_step_figure_curves_and_missing_file(runs):
     curves = plots.load_curves(runs)
     fig = plots.step_figure(curves, ("tiny", "arith", "n"))
-    score_ax, correct_ax, kl_ax = fig.axes
+    score_ax, correct_ax, kl_ax, length_ax = fig.axes
+    assert [ln.get_label() for ln in length_ax.get_lines()] == ["reft: response_length not recorded"]
     x, y = _line(score_ax, "reft")
     assert list(x) == [1, 2, 3, 4, 5, 6]
     assert y == pytest.approx([0.1 * s + 0.1 for s in range(1, 7)])  # mean of 0.1 s and 0.1 s + 0.2

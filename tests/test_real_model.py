@@ -20,8 +20,8 @@ from conftest import ROOT, SHARED_DIR
 pytestmark = pytest.mark.slow  # ~1 minute: collected first by conftest (long poles first)
 
 DATA_DIR = SHARED_DIR / "data" / "reft"
-N_SFT, N_ROLLOUT = 4, 4  # fixed SFT batch, rollout questions
-ROLLOUT_NEW_TOKENS = 48  # the rollout's response budget (prompt + response <= prompt width + this)
+N_SFT, N_ROLLOUT = 4, 2  # fixed SFT batch, rollout questions
+ROLLOUT_NEW_TOKENS = 32  # the rollout's response budget (prompt + response <= prompt width + this)
 
 
 def _overrides(results) -> list[str]:
@@ -117,7 +117,7 @@ def test_rollout_scored_by_the_sandbox_then_a_ppo_update_moves_the_policy(real):
     from reft_exp.rl.rollout import rl_prompts, sample_rollout, score_rollout
 
     cfg, folder, splits = real
-    rc = cfg.method
+    rc = dataclasses.replace(cfg.method, ppo_epochs=1)  # one PPO epoch is enough to see the policy move
     tok = load_tokenizer(folder, cfg.model)
     lm, ref = load_causal_lm(folder, cfg.model), load_causal_lm(folder, cfg.model)
     ref.eval().requires_grad_(False)

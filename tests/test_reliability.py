@@ -270,7 +270,7 @@ def test_bad_input_gives_one_line_errors(tmp_path):
         {"record_version": RECORD_VERSION + 1, "cell_id": "tiny__arith__n__sft__greedy__seed42"}))
     cases = {
         "unknown-option": (["method=nonexistent"], r"config error: method=nonexistent: no such option "
-                           r"\(conf/method/nonexistent\.yaml not found\)\. Available options: .*reft, sft$"),
+                           r"\(conf/method/nonexistent\.yaml not found\)\. Available options: .*reft, .*sft$"),
         "unknown-in-sweep": (["--multirun", "cot=n,q"],
                              r"config error: cot=q: no such option .*Available options: n, p"),
         "unknown-key": (["sft.lrr=1"], r"config error: Could not override 'sft\.lrr'.*\+sft\.lrr=1"),

@@ -147,7 +147,7 @@ BUILDERS = {"codellama_sp": build_codellama_sp, "galactica_bpe": build_galactica
             "smollm2": build_smollm2}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build(name: str, data_dir: Path, folder: Path) -> Tok:
     """Build (once per process) the tokenizer ``name`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

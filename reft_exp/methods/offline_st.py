@@ -21,9 +21,9 @@ from reft_exp.config import OfflineSTConfig
 from reft_exp.context import RunContext
 from reft_exp.methods.sft import sft_checkpoint, sft_stage, train_supervised
 from reft_exp.prompts import build_target
-from reft_exp.runner import remove_state
+from reft_exp.runner import training_stage
 from reft_exp.sampling import SampleSet, sample_stage, samples_stage_of
-from reft_exp.stages import Stage, run_stage, stage_key
+from reft_exp.stages import Stage
 from reft_exp.voting import select_offline_samples
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,6 @@ def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
     warmup = sft_checkpoint(ctx, sft, "warmup")
     recipe = replace(cfg.sft, epochs=oc.epochs, train_epochs=None, eval_every_steps=oc.eval_every_steps)
     upstream = {"samples": samples_stage_of(ctx, warmup, "train", oc.sampling).hash, "base": ctx.base_model_path}
-    stage = Stage(ctx.cache_dir, "offline_st", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
-                  stage_key(cfg, READS, upstream))
 
     def compute(folder: Path) -> dict:  # the samples are drawn (or read) only when this stage is computed
         samples = sample_stage(ctx, warmup, "train", oc.sampling)
@@ -74,11 +72,7 @@ def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
                       "samples_stage": str(samples.stage.dir),
                       "sample_accuracy": samples.stage.meta()["sample_accuracy"]}
 
-    reused = run_stage(stage, ctx.accelerator, compute, seed=cfg.root.seed)
-    if not reused and ctx.accelerator.is_main_process:
-        remove_state(stage.dir)  # complete: the resumable state is dead weight
-    ctx.note_stage(stage, reused)
-    return stage, stage.meta()
+    return training_stage(ctx, "offline_st", READS, upstream, compute)
 
 
 def run(ctx: RunContext) -> dict:

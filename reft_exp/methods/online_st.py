@@ -30,8 +30,8 @@ from reft_exp.rl.loop import RLTask, rl_schedule
 from reft_exp.rl.policy import disable_dropout
 from reft_exp.rl.ppo_core import logprobs_from_logits
 from reft_exp.rl.rollout import sample_rollout, score_rollout
-from reft_exp.runner import remove_state, train
-from reft_exp.stages import Stage, run_stage, stage_key
+from reft_exp.runner import train, training_stage
+from reft_exp.stages import Stage
 
 log = logging.getLogger(__name__)
 # What the online self-training stage reads (its key); its upstream: the SFT checkpoint it starts from.
@@ -91,17 +91,11 @@ def online_step(ctx: RunContext, oc: OnlineSTConfig, lm, optimizer, tokenizer, c
 
 
 def online_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
-    cfg, oc = ctx.cfg, ctx.cfg.method
+    oc = ctx.cfg.method
     sft, _ = sft_stage(ctx)
     init = sft_checkpoint(ctx, sft, oc.init)
-    stage = Stage(ctx.cache_dir, "online_st", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
-                  stage_key(cfg, READS, {"init": f"{sft.hash}/{init.name}"}))
-    reused = run_stage(stage, ctx.accelerator, lambda folder: train_online_st(ctx, oc, str(init), folder),
-                       seed=cfg.root.seed)
-    if not reused and ctx.accelerator.is_main_process:
-        remove_state(stage.dir)  # complete: the resumable state is dead weight
-    ctx.note_stage(stage, reused)
-    return stage, stage.meta()
+    return training_stage(ctx, "online_st", READS, {"init": f"{sft.hash}/{init.name}"},
+                          lambda folder: train_online_st(ctx, oc, str(init), folder))
 
 
 def run(ctx: RunContext) -> dict:

@@ -39,8 +39,8 @@ from reft_exp.rl.ppo_core import (
     ppo_value_loss,
 )
 from reft_exp.rl.rollout import sample_rollout, score_rollout
-from reft_exp.runner import read_steps, remove_state, train
-from reft_exp.stages import Stage, run_stage, stage_key
+from reft_exp.runner import read_steps, train, training_stage
+from reft_exp.stages import Stage
 
 __all__ = ["ReFTTask", "ppo_step", "ppo_update", "read_steps", "reft_stage", "run", "train_reft"]
 
@@ -140,17 +140,11 @@ def ppo_update(acc, rc: ReFTConfig, policy, ref, optimizer, ro) -> dict:
 
 
 def reft_stage(ctx: RunContext) -> tuple[Stage, dict]:
-    cfg, rc = ctx.cfg, ctx.cfg.method
+    rc = ctx.cfg.method
     sft, _ = sft_stage(ctx)
     init = sft_checkpoint(ctx, sft, rc.init)
-    stage = Stage(ctx.cache_dir, "reft", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
-                  stage_key(cfg, READS, {"init": f"{sft.hash}/{init.name}"}))
-    reused = run_stage(stage, ctx.accelerator, lambda folder: train_reft(ctx, rc, str(init), folder),
-                       seed=cfg.root.seed)
-    if not reused and ctx.accelerator.is_main_process:
-        remove_state(stage.dir)  # complete: the resumable state is dead weight
-    ctx.note_stage(stage, reused)
-    return stage, stage.meta()
+    return training_stage(ctx, "reft", READS, {"init": f"{sft.hash}/{init.name}"},
+                          lambda folder: train_reft(ctx, rc, str(init), folder))
 
 
 def run(ctx: RunContext) -> dict:

@@ -26,8 +26,8 @@ from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed
 from reft_exp.evaluate import greedy_eval
 from reft_exp.models import load_causal_lm, load_tokenizer
-from reft_exp.runner import GeneratorState, Schedule, Task, remove_state, train
-from reft_exp.stages import Stage, run_stage, stage_key
+from reft_exp.runner import GeneratorState, Schedule, Task, stage_of, train, training_stage
+from reft_exp.stages import Stage
 
 log = logging.getLogger(__name__)
 # What the SFT stage reads (its key: reft_exp.stages.stage_key); the base model is its upstream.
@@ -116,21 +116,14 @@ def train_supervised(ctx: RunContext, sft: SFTConfig, records: Sequence[dict], i
     sched = Schedule(desc=desc, epochs=sft.last_epoch, schedule_epochs=sft.epochs,
                      eval_every_epochs=sft.eval_every_epochs if per_epoch else None,
                      eval_every_steps=sft.eval_every_steps, save_best=sft.save_best, save_epochs=tuple(save_epochs),
-                     log_every_steps=sft.log_every_steps)
+                     log_every_steps=sft.log_every_steps, eval_init=sft.eval_init)
     return train(ctx, out_dir, sched, task)
 
 
-def sft_stage_of(ctx: RunContext) -> Stage:
-    """The SFT stage of this cell (its folder and key; nothing is trained)."""
-    cfg = ctx.cfg
-    return Stage(ctx.cache_dir, "sft", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
-                 stage_key(cfg, READS, {"base": ctx.base_model_path}))
-
-
 def sft_stage(ctx: RunContext) -> tuple[Stage, dict]:
-    """The SFT run for this (model, dataset, cot, seed): computed once, reused by every cell needing it."""
+    """The SFT run for this (model, dataset, cot, seed): computed once, reused by every cell needing it,
+    whatever warm-up epoch each picks among its epoch checkpoints."""
     cfg = ctx.cfg
-    stage = sft_stage_of(ctx)
     epochs = saved_epochs(cfg.sft)
 
     def compute(folder: Path) -> dict:
@@ -140,11 +133,16 @@ def sft_stage(ctx: RunContext) -> tuple[Stage, dict]:
         for name in ["best"] * cfg.sft.save_best + [f"epoch_{e}" for e in epochs]:
             verify_model(folder / name)
 
-    reused = run_stage(stage, ctx.accelerator, compute, verify, seed=cfg.root.seed)
-    if not reused and ctx.accelerator.is_main_process:
-        remove_state(stage.dir)  # the stage is complete: its resumable state is dead weight
-    ctx.note_stage(stage, reused)
-    return stage, stage.meta()
+    return training_stage(ctx, "sft", READS, sft_upstream(ctx), compute, verify)
+
+
+def sft_upstream(ctx: RunContext) -> dict[str, str]:
+    return {"base": ctx.base_model_path}
+
+
+def sft_stage_of(ctx: RunContext) -> Stage:
+    """The SFT stage of this cell (its folder and key; nothing is trained)."""
+    return stage_of(ctx, "sft", READS, sft_upstream(ctx))
 
 
 def sft_checkpoint(ctx: RunContext, stage: Stage, which: str) -> Path:
