@@ -227,6 +227,9 @@ class RLLoopConfig:
     eval_batch_size: int = 64
     log_every_steps: int = 1
     save_best: bool = True
+    # Rollouts written per epoch to the stage's outputs/rollouts_epoch<n>.jsonl (question, completion, extracted
+    # answer, gold, reward), so a reader sees what the policy wrote; ours, 0 = none.
+    save_rollouts: int = field(default=16, metadata=NOT_IN_KEY)
 
 
 @dataclass

@@ -59,3 +59,11 @@ def greedy_eval(accelerator, model, tokenizer, records: Sequence[dict], spec: An
                                 add_special_tokens, progress, desc="greedy eval", max_length=max_length,
                                 length_key=length_key)
     return eval_result(score_completions(records, [o[0] for o in outs], spec, executor))
+
+
+def eval_outputs(records: Sequence[dict], res: EvalResult) -> list[dict]:
+    """What the model wrote at an evaluation, one row per question: question, completion, extracted answer,
+    gold, correct (written by the runner to the stage's ``outputs/``)."""
+    questions = {r["item_id"]: r["question"] for r in records}
+    return [{"item_id": row["item_id"], "question": questions.get(row["item_id"]), "completion": row["completion"],
+             "pred": row["pred"], "gold": row["gold"], "correct": bool(row["correct"])} for row in res.predictions]

@@ -42,6 +42,7 @@ CHECKPOINTS_DIR = "checkpoints"  # accelerate's automatic checkpoint naming: che
 PROGRESS_FILE = "progress.json"  # the counters of a state; at the state folder's top: the newest complete one
 MANIFEST_FILE = "manifest.json"  # sha256 and size of every file of a saved state, written last
 METRICS_FILE = "metrics.json"
+OUTPUTS_DIR = "outputs"  # what the model wrote: eval_epoch<n>.jsonl / eval_step<n>.jsonl, rollouts_epoch<n>.jsonl
 STEPS_FILE = "steps.jsonl"  # one JSON line of stats per optimizer step (RL methods)
 
 
@@ -234,6 +235,7 @@ class Task:
     the state, e.g. a :class:`GeneratorState`) and implement the four methods."""
 
     objects: tuple = ()
+    outputs_dir: Path | None = None  # set by the runner: where a task may write what the model wrote
 
     def batches(self, epoch: int) -> Iterable:
         """The epoch's batches (their order must be a function of the seed and the epoch, or of a registered
@@ -244,8 +246,10 @@ class Task:
         """One forward/backward (and optimizer step): its scalar stats and whether an optimizer step was taken."""
         raise NotImplementedError
 
-    def evaluate(self) -> dict[str, float]:
-        """Greedy test metrics of the current model, at least ``test_accuracy``."""
+    def evaluate(self) -> dict[str, Any]:
+        """Greedy test metrics of the current model, at least ``test_accuracy``; an ``outputs`` entry (a list
+        of rows: question, completion, extracted answer, gold, correct) is written to ``outputs/`` instead of
+        the metrics, so a reader can see what the model wrote at each evaluation."""
         raise NotImplementedError
 
     def save_model(self, folder: Path) -> None:
@@ -271,13 +275,13 @@ def train(ctx, out_dir: Path, sched: Schedule, task: Task) -> dict[str, Any]:
         if state.load():
             log.info("%s: resuming after epoch %d (step %d) from %s", sched.desc, p.epoch, p.step, state.folder)
         elif sched.eval_init:
-            with ctx.timer(f"{sched.desc}_eval"):
-                row = {"epoch": 0, "step": 0} | task.evaluate()
+            row = {"epoch": 0, "step": 0} | _evaluation(ctx, task, sched, out_dir, "eval_epoch0")
             p.epochs.append(row)
             log.info("%s: initial greedy test accuracy %.4f", sched.desc, row["test_accuracy"])
             if sched.best_counts_init:
                 _keep_best(task, sched, p, out_dir, row["test_accuracy"], epoch=0, step=0)
         steps_log = _StepsLog(out_dir / STEPS_FILE, p.step, main) if sched.steps_file else None
+        task.outputs_dir = out_dir / OUTPUTS_DIR
         show = sched.progress_bar and cfg.root.progress and main
         for epoch in range(p.epoch + 1, sched.epochs + 1):
             stats, start = [], time.perf_counter()
@@ -299,8 +303,7 @@ def train(ctx, out_dir: Path, sched: Schedule, task: Task) -> dict[str, Any]:
                         _evaluate_at_step(ctx, task, sched, p, out_dir, epoch)
             row = {"epoch": epoch, "step": p.step} | task.epoch_summary(stats, time.perf_counter() - start)
             if sched.eval_every_epochs and (epoch % sched.eval_every_epochs == 0 or epoch == sched.epochs):
-                with ctx.timer(f"{sched.desc}_eval"):
-                    row |= task.evaluate()
+                row |= _evaluation(ctx, task, sched, out_dir, f"eval_epoch{epoch}")
                 _keep_best(task, sched, p, out_dir, row["test_accuracy"], epoch=epoch, step=p.step)
             if epoch in sched.save_epochs:
                 task.save_model(out_dir / f"epoch_{epoch}")
@@ -332,6 +335,20 @@ def train(ctx, out_dir: Path, sched: Schedule, task: Task) -> dict[str, Any]:
     return out
 
 
+def _evaluation(ctx, task: Task, sched: Schedule, out_dir: Path, name: str) -> dict[str, Any]:
+    """``task.evaluate()`` timed; its ``outputs`` rows go to ``outputs/<name>.jsonl``, the metrics are returned."""
+    with ctx.timer(f"{sched.desc}_eval"):
+        metrics = task.evaluate()
+    rows = metrics.pop("outputs", None)
+    if rows is not None and ctx.accelerator.is_main_process:
+        write_jsonl(out_dir / OUTPUTS_DIR / f"{name}.jsonl", rows)
+    return metrics
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
 def _keep_best(task: Task, sched: Schedule, p: Progress, out_dir: Path, accuracy: float, epoch: int,
                step: int) -> None:
     if accuracy > p.best["accuracy"]:
@@ -341,8 +358,7 @@ def _keep_best(task: Task, sched: Schedule, p: Progress, out_dir: Path, accuracy
 
 
 def _evaluate_at_step(ctx, task: Task, sched: Schedule, p: Progress, out_dir: Path, epoch: int) -> None:
-    with ctx.timer(f"{sched.desc}_eval"):
-        row = {"epoch": epoch, "step": p.step} | task.evaluate()
+    row = {"epoch": epoch, "step": p.step} | _evaluation(ctx, task, sched, out_dir, f"eval_step{p.step}")
     p.evals.append(row)
     log.info("%s step %d: test accuracy %.4f", sched.desc, p.step, row["test_accuracy"])
     ctx.tracker.log({f"{sched.desc}/step_test_accuracy": row["test_accuracy"]}, p.step)

@@ -4,8 +4,8 @@ over the warm-up.
 They reuse the learning tests' SFT run (tests/test_learning.py: P-CoT, batch 16, the first 2 epochs of a
 4-epoch schedule, warm-up greedy 80%, its samples right ~75% of the time) through the run-wide
 `learning_results` dir, and train with the tiny defaults (conf/model_method/tiny_grpo.yaml, tiny_rloo.yaml:
-8 questions x G 8 = 64 samples per step, lr 5e-5), for fewer steps than the tiny sweep so that each fits
-~60-90 s of one CPU core. Measured margins are in docs/critic_free.md.
+8 questions x G 8 = 64 samples per step, lr 5e-5) for 12 steps, so that each fits ~90 s of one CPU core.
+Measured margins are in docs/critic_free.md.
 """
 
 from __future__ import annotations
@@ -19,23 +19,30 @@ from reft_exp.runner import read_steps
 
 pytestmark = pytest.mark.slow
 
-STEPS = 10  # x 64 samples: 640 rollout samples (80 questions x G 8)
+# A pool of 32 training questions, 3 epochs of 4 steps (8 questions x G 8 = 64 samples a step, 768 in all),
+# greedy evaluation only at the start (the warm-up) and the end. The fraction of correct samples is compared
+# per epoch, i.e. on the same 32 questions: with 8 questions a step, the step-to-step difficulty of the
+# questions moves it more than 10 steps of learning do (a run over 80 fresh questions: first 3 steps 0.828,
+# last 3 0.839, while greedy test accuracy rose 83.5 -> 93.0; docs/critic_free.md).
+POOL, EPOCHS, PER_STEP = 32, 3, 8
+RL = [f"method.max_questions={POOL}", f"method.epochs={EPOCHS}", f"method.eval_every_epochs={EPOCHS}"]
 
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
 def test_critic_free_raises_training_reward(method, learning_results):
-    rec = run_cell(run_config([*SFT, f"method={method}", f"method.max_questions={8 * STEPS}", "method.epochs=1"],
-                              learning_results))
+    rec = run_cell(run_config([*SFT, f"method={method}", *RL], learning_results))
     steps = read_steps(rec["method"]["steps_file"])
-    correct = [s["correct"] for s in steps]
+    per_epoch = POOL // PER_STEP
+    correct = [sum(s["correct"] for s in steps if s["epoch"] == e) / per_epoch for e in range(1, EPOCHS + 1)]
     kl = [s["kl"] for s in steps]
     zero_var = [s["zero_variance_groups"] for s in steps]
-    first, last = sum(correct[:3]) / 3, sum(correct[-3:]) / 3
-    warmup, after = rec["epochs"][0]["test_accuracy"], rec["epochs"][1]["test_accuracy"]
-    print(f"{method}: train fraction correct per step {[round(c, 3) for c in correct]}; KL "
-          f"{[round(k, 3) for k in kl]}; zero-variance groups of 8 {zero_var}; greedy test {warmup:.3f} -> "
-          f"{after:.3f}")
-    assert len(steps) == STEPS
-    assert all(0 <= z <= 8 for z in zero_var) and any(z < 8 for z in zero_var), "some groups carry signal"
-    assert last > first + 0.05, "the training reward rises over the warm-up's"
+    warmup, after = rec["epochs"][0]["test_accuracy"], rec["epochs"][-1]["test_accuracy"]
+    print(f"{method}: train fraction correct per epoch {[round(c, 3) for c in correct]}; per step "
+          f"{[round(s['correct'], 3) for s in steps]}; KL {[round(k, 3) for k in kl]}; zero-variance groups of 8 "
+          f"{zero_var}; greedy test {warmup:.3f} -> {after:.3f}")
+    assert len(steps) == EPOCHS * per_epoch
+    assert all(0 <= z <= PER_STEP for z in zero_var) and any(z < PER_STEP for z in zero_var)
+    # measured (seed 42): GRPO 0.848 -> 0.887 (+0.04), RLOO 0.848 -> 0.902 (+0.055); greedy +7.5 / +8.0 points
+    assert correct[-1] > correct[0] + 0.02, "the training reward on the same questions rises over the warm-up's"
+    assert after > warmup + 0.03, "greedy test accuracy rises above the warm-up's"
     assert max(kl) < 2.0, "KL to the reference stays bounded"

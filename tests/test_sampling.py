@@ -32,15 +32,24 @@ TRAIN = [{"item_id": f"q{i}", "question": f"Q{i}?", "answer_cot": f"gt{i}", "ans
 
 def test_offline_records_keep_unique_correct_samples_plus_ground_truth():
     samples = SampleSet(stage=None, rows=ROWS)  # type: ignore[arg-type]
-    recs = offline_records(TRAIN, samples, OfflineSTConfig(max_correct_per_question=10), "n")
-    by_q: dict[str, list[str]] = {}
-    for r in recs:
-        by_q.setdefault(r["item_id"], []).append(r["target"])
     truth = "gt{}\nTherefore, the answer is: {}"
-    assert by_q["q1"] == ["a=5", "c=5", truth.format(1, 1)]  # duplicate "a=5" once, wrong ones dropped
-    assert by_q["q2"] == ["w=7", truth.format(2, 2)]
-    assert by_q["q3"] == [truth.format(3, 3)]  # nothing correct: the ground truth only
-    assert by_q["q4"] == [truth.format(4, 4)]  # not sampled (max_questions): the ground truth only
+
+    def by_question(oc: OfflineSTConfig) -> dict[str, list[str]]:
+        by_q: dict[str, list[str]] = {}
+        for r in offline_records(TRAIN, samples, oc, "n"):
+            by_q.setdefault(r["item_id"], []).append(r["target"])
+        return by_q
+
+    # the official data (train_sl_model.py:76-86): the data file's ground truth plus the samples file, which
+    # holds the ground truth again beside the unique correct samples
+    by_q = by_question(OfflineSTConfig(max_correct_per_question=10))
+    assert by_q["q1"] == ["a=5", "c=5", truth.format(1, 1), truth.format(1, 1)]  # duplicate "a=5" once
+    assert by_q["q2"] == ["w=7", truth.format(2, 2), truth.format(2, 2)]
+    assert by_q["q3"] == [truth.format(3, 3)] * 2  # nothing correct: the ground truth (twice)
+    assert by_q["q4"] == [truth.format(4, 4)]  # not sampled (max_questions): the data file's copy only
+    by_q = by_question(OfflineSTConfig(max_correct_per_question=10, data_mode="dedup"))
+    assert by_q["q1"] == ["a=5", "c=5", truth.format(1, 1)]  # the switch: the ground truth once
+    assert by_q["q3"] == [truth.format(3, 3)]
     one = offline_records(TRAIN, samples, OfflineSTConfig(max_correct_per_question=1, include_ground_truth=False),
                           "n")
     assert [r["target"] for r in one] == ["a=5", "w=7"]
@@ -71,7 +80,7 @@ def test_vote_stats_on_constructed_samples():
 
     from reft_exp.inference.majority_vote import vote_curve, vote_stats
 
-    inference = SimpleNamespace(curve_ks=[1, 2, 8], curve_repeats=5)
+    inference = SimpleNamespace(curve_ks=[1, 2, 8], curve_repeats=5, vote_grouping="exact")
     ctx = SimpleNamespace(spec=AnswerSpec(), cfg=SimpleNamespace(inference=inference, root=SimpleNamespace(seed=0)))
     samples = SampleSet(stage=None, rows=ROWS)  # type: ignore[arg-type]
     stats = vote_stats(ctx, samples)
@@ -97,9 +106,9 @@ def test_samples_are_drawn_once_and_reused_by_every_consumer(tmp_path, monkeypat
     calls: list[tuple[str, int, int]] = []
     real = sampling.draw_samples
 
-    def counting(ctx, checkpoint, records, sc, desc="sample"):
+    def counting(ctx, checkpoint, records, sc, desc="sample", **kwargs):
         calls.append((Path(checkpoint).name, len(records), sc.num_samples))
-        return real(ctx, checkpoint, records, sc, desc)
+        return real(ctx, checkpoint, records, sc, desc, **kwargs)
 
     monkeypatch.setattr(sampling, "draw_samples", counting)
     vote = run_cell(run_config([*QUICK, "inference=majority_vote", *TEST_SAMPLING], tmp_path))
@@ -112,13 +121,14 @@ def test_samples_are_drawn_once_and_reused_by_every_consumer(tmp_path, monkeypat
     rerank = run_cell(run_config([*QUICK, "inference=rerank", *TEST_SAMPLING,
                                   *[f"inference.reranker.train_sampling.{a}" for a in TRAIN_SAMPLING],
                                   "inference.reranker.epochs=1", "inference.reranker.max_length=64"], tmp_path))
-    assert calls == [("best", 12, 3), ("warmup", 48, 2)], "the test samples are read, not drawn again"
+    # the reranker's training samples come from the warm-up: the SFT run's epoch_<dataset.warmup_epoch> checkpoint
+    assert calls == [("best", 12, 3), ("epoch_1", 48, 2)], "the test samples are read, not drawn again"
     assert rerank["stages"]["samples_test"]["reused"] is True
     assert rerank["stages"]["samples_train"]["reused"] is False
     assert rerank["inference"]["vote_accuracy"] == vote["accuracy"]  # same samples, same vote
     assert {"heldout_accuracy", "heldout_chance"} <= set(rerank["inference"]["reranker"])
 
-    offline = run_cell(run_config([*QUICK, "method=offline_st", "method.epochs=1",
+    offline = run_cell(run_config([*QUICK, "method=offline_st", "method.epochs=1", "method.eval_every_steps=2",
                                    *[f"method.sampling.{a}" for a in TRAIN_SAMPLING]], tmp_path))
     assert len(calls) == 2, "offline self-training reads the warm-up samples the reranker used"
     assert offline["stages"]["samples_train"]["reused"] is True
@@ -129,7 +139,7 @@ def test_samples_are_drawn_once_and_reused_by_every_consumer(tmp_path, monkeypat
     import shutil
 
     shutil.rmtree(offline["stages"]["samples_train"]["dir"])
-    again = run_cell(run_config([*QUICK, "method=offline_st", "method.epochs=1", "tag=again",
+    again = run_cell(run_config([*QUICK, "method=offline_st", "method.epochs=1", "method.eval_every_steps=2", "tag=again",
                                  *[f"method.sampling.{a}" for a in TRAIN_SAMPLING]], tmp_path))
     assert again["stages"]["offline_st"]["reused"] is True and "samples_train" not in again["stages"]
     assert len(calls) == 2

@@ -335,3 +335,20 @@ def test_generation_paths_decode_with_the_prompt(name, tok_factory, records):
                         add_special_tokens=add, engine=engine, max_prompt_length=limit)
     assert ro.prompt_width == limit and len(ro.completions) == len(recs)
     assert ro.input_ids.shape[1] <= limit + 5
+
+
+# ------------------------------------------------------------------------------------------ special tokens
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_add_special_tokens_as_configured(name, tok_factory, records):
+    """What add_special_tokens=True would add, per tokenizer. Galactica-style (no post-processor, as Galactica's
+    tokenizer.json): nothing, and conf/model/galactica-6.7b.yaml says false as every upstream script does;
+    CodeLlama-style: a BOS (id 1), which upstream does not add (codellama-7b.yaml: false)."""
+    tok = tok_factory(name)
+    t = tok.tokenizer
+    prompt = build_prompt(records["n"][0]["question"], "n")
+    plain = t(prompt, add_special_tokens=False)["input_ids"]
+    added = t(prompt, add_special_tokens=True)["input_ids"]
+    expected_extra = {"codellama_sp": [1], "galactica_bpe": [], "tiny": [], "smollm2": []}[name]
+    assert added == expected_extra + plain
+    configured = {"codellama_sp": False, "galactica_bpe": False, "tiny": True, "smollm2": False}[name]
+    assert tok.model_cfg.add_special_tokens is configured

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from reft_exp.answers import rerank_candidate
+from reft_exp.batching import right_pad
 from reft_exp.checkpoint import save_model
 from reft_exp.config import RerankerConfig
 from reft_exp.context import RunContext
@@ -87,15 +88,8 @@ class ClassifierCollator:
         self.tok, self.max_length, self.add_special = tokenizer, max_length, add_special_tokens
 
     def __call__(self, batch: Sequence[dict]) -> dict[str, torch.Tensor]:
-        enc = [self.tok(b["text"], add_special_tokens=self.add_special)["input_ids"][: self.max_length]
-               for b in batch]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), self.tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((len(enc), width), dtype=torch.long)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e)
-            attn[i, : len(e)] = 1
-        out = {"input_ids": ids, "attention_mask": attn}
+        out = right_pad([{"input_ids": self.tok(b["text"], add_special_tokens=self.add_special)["input_ids"]
+                          [: self.max_length]} for b in batch], self.tok.pad_token_id)
         if "label" in batch[0]:
             out["labels"] = torch.tensor([b["label"] for b in batch], dtype=torch.long)
         return out

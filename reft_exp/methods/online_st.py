@@ -59,7 +59,7 @@ class OnlineSTTask(RLTask):
 
     def step(self, records: list[dict]) -> tuple[dict[str, float], bool]:
         return online_step(self.ctx, self.rc, self.model, self.optimizer, self.tokenizer, self.collate,
-                           records), True
+                           records, self.keep_rollouts), True
 
 
 def train_online_st(ctx: RunContext, oc: OnlineSTConfig, init_path: str, out_dir: Path) -> dict:
@@ -69,7 +69,7 @@ def train_online_st(ctx: RunContext, oc: OnlineSTConfig, init_path: str, out_dir
 
 
 def online_step(ctx: RunContext, oc: OnlineSTConfig, lm, optimizer, tokenizer, collate,
-                records: list[dict]) -> dict:
+                records: list[dict], on_rollout=None) -> dict:
     """Sample, keep the correct responses, ``ppo_epochs`` updates on ``w_s CE(kept) + w_gt CE(ground truth)``."""
     acc, cfg = ctx.accelerator, ctx.cfg
     t0 = time.perf_counter()
@@ -78,6 +78,8 @@ def online_step(ctx: RunContext, oc: OnlineSTConfig, lm, optimizer, tokenizer, c
     t1 = time.perf_counter()
     score_rollout(ro, ctx.spec, ctx.executor_if_needed)
     t2 = time.perf_counter()
+    if on_rollout is not None:
+        on_rollout(ro)
     keep = (ro.scores == ctx.spec.correct_reward).float().to(ro.response_mask.device)
     # the ground-truth input: prompt + CoT + EOS cut to gt_max_length tokens (train_rl_sl.py:134)
     gt = collate(encode_records(tokenizer, records, ctx.cot, oc.gt_max_length, cfg.model.add_special_tokens))

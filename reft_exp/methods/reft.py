@@ -76,7 +76,8 @@ class ReFTTask(RLTask):
         return self.ctx.accelerator.unwrap_model(self.policy).lm
 
     def step(self, records: list[dict]) -> tuple[dict[str, float], bool]:
-        return ppo_step(self.ctx, self.rc, self.policy, self.ref, self.optimizer, self.tokenizer, records), True
+        return ppo_step(self.ctx, self.rc, self.policy, self.ref, self.optimizer, self.tokenizer, records,
+                        self.keep_rollouts), True
 
     def finish(self, out_dir: Path, progress) -> None:
         if self.ctx.accelerator.is_main_process and self.rc.save_best and (out_dir / "best").is_dir():
@@ -89,8 +90,10 @@ def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -
     return out | {"num_questions": len(task.questions), "init_checkpoint": init_path}
 
 
-def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer, records: list[dict]) -> dict:
-    """One rollout batch and ``ppo_epochs`` PPO updates on it; returns scalar stats for logging."""
+def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer, records: list[dict],
+             on_rollout=None) -> dict:
+    """One rollout batch and ``ppo_epochs`` PPO updates on it; returns scalar stats for logging.
+    ``on_rollout(ro)`` sees the scored rollout (the runner task keeps a few as outputs)."""
     acc, cfg = ctx.accelerator, ctx.cfg
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -100,6 +103,8 @@ def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer,
     t1 = time.perf_counter()
     score_rollout(ro, ctx.spec, ctx.executor_if_needed)
     t2 = time.perf_counter()
+    if on_rollout is not None:
+        on_rollout(ro)
     update = ppo_update(acc, rc, policy, ref, optimizer, ro)
     t3 = time.perf_counter()
     correct = [float(s == ctx.spec.correct_reward) for s in ro.scores.tolist()]

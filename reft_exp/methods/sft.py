@@ -24,7 +24,7 @@ from reft_exp.checkpoint import save_model, verify_model
 from reft_exp.config import ConfigError, SFTConfig
 from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed
-from reft_exp.evaluate import greedy_eval
+from reft_exp.evaluate import eval_outputs, greedy_eval
 from reft_exp.models import load_causal_lm, load_tokenizer
 from reft_exp.runner import GeneratorState, Schedule, Task, stage_of, train, training_stage
 from reft_exp.stages import Stage
@@ -96,7 +96,8 @@ class SupervisedTask(Task):
                           cfg.root.progress, ctx.executor_if_needed, with_header=False,
                           max_length=self.sft.eval_max_length, length_key="sft.eval_max_length")
         self.model.train()
-        return {"test_accuracy": res.accuracy, "test_extracted": res.n_extracted / max(res.n, 1)}
+        return {"test_accuracy": res.accuracy, "test_extracted": res.n_extracted / max(res.n, 1),
+                "outputs": eval_outputs(ctx.splits["test"], res)}
 
     def save_model(self, folder: Path) -> None:
         save_model(self.ctx.accelerator, self.model, self.tokenizer, folder)

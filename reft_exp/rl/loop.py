@@ -5,13 +5,15 @@ warm-up evaluated as epoch 0 but never the best, train_rl_reft.py:854, train_rl_
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from reft_exp.checkpoint import save_model
 from reft_exp.config import ConfigError, RLLoopConfig
-from reft_exp.evaluate import greedy_eval
+from reft_exp.evaluate import eval_outputs, greedy_eval
+from reft_exp.rl.rollout import rollout_rows
 from reft_exp.runner import Schedule, Task
 
 
@@ -50,21 +52,35 @@ class RLTask(Task):
     def lm(self):
         raise NotImplementedError
 
+    def keep_rollouts(self, ro) -> None:
+        """Append up to ``save_rollouts`` scored rollouts of this epoch to ``outputs/rollouts_epoch<n>.jsonl``."""
+        room = self.rc.save_rollouts - self.saved
+        if room <= 0 or self.outputs_dir is None or not self.ctx.accelerator.is_main_process:
+            return
+        rows = rollout_rows(ro)[:room]
+        self.outputs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.outputs_dir / f"rollouts_epoch{self.epoch}.jsonl", "a") as f:
+            f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
+        self.saved += len(rows)
+
     def batches(self, epoch: int):
         """This process's records of each step of ``epoch``."""
+        self.epoch, self.saved = epoch, 0
+        if self.outputs_dir is not None and self.ctx.accelerator.is_main_process:  # a resumed epoch is redone
+            (self.outputs_dir / f"rollouts_epoch{epoch}.jsonl").unlink(missing_ok=True)
         acc, b = self.ctx.accelerator, self.rc.batch_size
         order = epoch_order(len(self.questions), self.ctx.cfg.root.seed, epoch)
         for i in range(self.steps_per_epoch):
             step_ids = order[i * self.per_step : (i + 1) * self.per_step]
             yield [self.questions[j] for j in step_ids[acc.process_index * b : (acc.process_index + 1) * b]]
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self) -> dict:
         ctx, cfg, rc = self.ctx, self.ctx.cfg, self.rc
         res = greedy_eval(ctx.accelerator, self.lm(), self.tokenizer, ctx.splits["test"], ctx.spec,
                           cfg.inference.max_new_tokens, rc.eval_batch_size, cfg.model.add_special_tokens,
                           cfg.root.progress, ctx.executor_if_needed, with_header=rc.eval_with_header,
                           max_length=rc.eval_max_length, length_key="method.eval_max_length")
-        return {"test_accuracy": res.accuracy}
+        return {"test_accuracy": res.accuracy, "outputs": eval_outputs(ctx.splits["test"], res)}
 
     def save_model(self, folder: Path) -> None:
         save_model(self.ctx.accelerator, self.lm(), self.tokenizer, folder)

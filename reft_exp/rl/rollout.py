@@ -100,3 +100,13 @@ def score_rollout(ro: Rollout, spec: AnswerSpec, executor=None) -> Rollout:
     ro.preds = preds
     ro.scores = torch.tensor([reward(p, g, spec) for p, g in zip(preds, golds)], dtype=torch.float32)
     return ro
+
+
+def rollout_rows(ro: Rollout) -> list[dict]:
+    """A scored rollout as readable rows: question, completion (the whole program for P-CoT), extracted answer,
+    gold, reward."""
+    scores = ro.scores.tolist() if ro.scores is not None else [None] * len(ro.records)
+    preds = ro.preds if ro.preds is not None else [None] * len(ro.records)
+    return [{"item_id": r["item_id"], "question": r["question"], "completion": c, "pred": p,
+             "gold": r["answer_value"], "reward": s}
+            for r, c, p, s in zip(ro.records, ro.completions, preds, scores)]
