@@ -27,17 +27,33 @@ from _common import (
 
 from reft_exp.config import RolloutConfig
 from reft_exp.engines import make_engine
-from reft_exp.generation import DecodingConfig, generate_texts
+from reft_exp.generation import DecodingConfig, encode_prompts, left_pad
 from reft_exp.prompts import build_prompt
 
 
+def _generate(engine, model, tok, prompts, decoding, batch_size) -> tuple[list[list[int]], int]:
+    """The generated ids of each prompt (the project's prompt encoding and left padding) and how many tokens
+    were generated (up to each row's EOS): decode throughput, whatever the (random) model writes."""
+    enc = encode_prompts(tok, prompts)
+    rows, tokens = [], 0
+    for i in range(0, len(enc), batch_size):
+        ids, attn = left_pad(tok, enc[i : i + batch_size])
+        seqs = engine.generate(model, ids.to(model.device), attn.to(model.device), do_sample=decoding.do_sample,
+                               max_new_tokens=decoding.max_new_tokens, pad_token_id=tok.pad_token_id,
+                               eos_token_id=tok.eos_token_id)
+        for row in seqs[:, ids.shape[1]:].tolist():
+            row = row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
+            rows.append(row)
+            tokens += len(row)
+    return rows, tokens
+
+
 def run_engine(engine, model, tok, prompts, decoding, batch_size) -> dict:
-    generate_texts(model, tok, prompts[:batch_size], decoding, batch_size, engine=engine)  # warm-up
+    _generate(engine, model, tok, prompts[:batch_size], decoding, batch_size)  # warm-up
     torch.manual_seed(0)
-    outs, seconds = timed(lambda: generate_texts(model, tok, prompts, decoding, batch_size, engine=engine))
-    tokens = sum(len(tok(o[0], add_special_tokens=False)["input_ids"]) for o in outs)
+    (outs, tokens), seconds = timed(lambda: _generate(engine, model, tok, prompts, decoding, batch_size))
     return {"engine": engine.name, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "outputs": [o[0] for o in outs]}
+            "outputs": outs}
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ def test_ppo_step_benchmark_smoke() -> None:
 
 def test_sft_benchmark_smoke() -> None:
     out = _run_benchmark("sft.py", "--records", "200", "--batch-size", "4", "--steps", "2", "--warmup", "1",
-                         "--max-length", "256")
+                         "--max-length", "512")
     assert "length-bucketed" in out and "ratio bucketed/shuffled" in out
 
 

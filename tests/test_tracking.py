@@ -4,6 +4,7 @@ tables go to W&B as wandb.Table s."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -31,6 +32,17 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def _fresh_wandb_per_test():
+    """wandb keeps a process-wide setup (its folder, WANDB_DIR read once): tear it down after each test so that
+    the next test's run goes to its own folder."""
+    yield
+    if importlib.util.find_spec("wandb") is not None:
+        import wandb
+
+        wandb.teardown()
+
+
 def test_wandb_offline_run_of_a_smoke_cell_writes_its_run_folder(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
@@ -48,7 +60,7 @@ def test_wandb_offline_run_of_a_smoke_cell_writes_its_run_folder(tmp_path):
     assert str(sweep).encode() in data  # group = the Hydra sweep folder
     for tag in ("model=tiny", "dataset=arith", "cot=n", "method=sft", "inference=greedy", "seed=3", "tag=v2"):
         assert tag.encode() in data, tag
-    for key in ("sft/train_loss", "sft/test_accuracy", "accuracy"):  # per-step / per-epoch / summary
+    for key in ("sft/epoch_train_loss", "sft/epoch_test_accuracy", "accuracy"):  # per-epoch / summary
         assert key.encode() in data, key
     out = proc.stdout + proc.stderr
     assert f"W&B offline run written to {run_dir}" in out

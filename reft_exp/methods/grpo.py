@@ -42,8 +42,8 @@ from reft_exp.rl.loop import RLTask, rl_schedule
 from reft_exp.rl.policy import disable_dropout, response_logprobs_values
 from reft_exp.rl.ppo_core import entropy_from_logits
 from reft_exp.rl.rollout import sample_rollout, score_rollout
-from reft_exp.runner import remove_state, train
-from reft_exp.stages import Stage, run_stage, stage_key
+from reft_exp.runner import train, training_stage
+from reft_exp.stages import Stage
 
 __all__ = ["GRPOTask", "GroupTask", "group_stage", "group_step", "group_update", "run"]
 
@@ -167,18 +167,11 @@ def train_group(ctx: RunContext, task: GroupTask, out_dir: Path, init_path: str)
 
 def group_stage(ctx: RunContext, kind: str, task_cls) -> tuple[Stage, dict]:
     """The cached training stage of a critic-free method (``kind``: grpo | rloo) from the SFT warm-up."""
-    cfg, rc = ctx.cfg, ctx.cfg.method
+    rc = ctx.cfg.method
     sft, _ = sft_stage(ctx)
     init = sft_checkpoint(ctx, sft, rc.init)
-    stage = Stage(ctx.cache_dir, kind, f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_s{cfg.root.seed}",
-                  stage_key(cfg, READS, {"init": f"{sft.hash}/{init.name}"}))
-    reused = run_stage(stage, ctx.accelerator,
-                       lambda folder: train_group(ctx, task_cls(ctx, rc, str(init)), folder, str(init)),
-                       seed=cfg.root.seed)
-    if not reused and ctx.accelerator.is_main_process:
-        remove_state(stage.dir)  # complete: the resumable state is dead weight
-    ctx.note_stage(stage, reused)
-    return stage, stage.meta()
+    return training_stage(ctx, kind, READS, {"init": f"{sft.hash}/{init.name}"},
+                          lambda folder: train_group(ctx, task_cls(ctx, rc, str(init)), folder, str(init)))
 
 
 def grpo_stage(ctx: RunContext) -> tuple[Stage, dict]:
