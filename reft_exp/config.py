@@ -218,7 +218,7 @@ class RLLoopConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
-    disable_dropout: bool = True
+    disable_dropout: bool = False  # the official RL scripts never disable dropout (train_rl_reft.py, train_rl_sl.py)
     eval_every_epochs: int = 1
     # Greedy evaluation: P-CoT header in the prompt, prompt + response <= 700 (train_rl_reft.py:152-153,
     # 683-686; train_rl_sl.py the same)

@@ -7,7 +7,7 @@ settings. Two cells asking for the same samples therefore read one file: the sam
 
 ``samples.jsonl``: one line per question::
 
-    {"item_id": ..., "gold": ..., "samples": [{"text": <full CoT>, "pred": ..., "correct": bool,
+    {"item_id": ..., "question": ..., "gold": ..., "samples": [{"text": <full CoT>, "pred": ..., "correct": bool,
                                                "score": <reward>}, ...]}
 
 ``text`` is the chain of thought as an SFT target would hold it: prompt and completion are decoded together and
@@ -32,11 +32,13 @@ from reft_exp.evaluate import score_completions
 from reft_exp.generation import DecodingConfig, generate_distributed
 from reft_exp.models import load_causal_lm, load_tokenizer
 from reft_exp.rl.rollout import rl_prompts
-from reft_exp.stages import Stage, run_stage
+from reft_exp.stages import Stage, run_stage, stage_key
 from reft_exp.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 SAMPLES_FILE = "samples.jsonl"
+# What a samples stage reads besides its sampling node (its key); its upstream: the checkpoint and the split.
+READS = ("model", "dataset", "cot", "reward", "executor", "accelerate.mixed_precision", "root.seed")
 
 
 @dataclass
@@ -86,7 +88,7 @@ def score_samples(records: Sequence[dict], outs: Sequence[Sequence[str]], spec, 
         chunk = scored[start : start + len(per_q)]
         start += len(per_q)
         gold = parse_gold(rec["answer_value"], spec)
-        rows.append({"item_id": rec["item_id"], "gold": gold, "samples": [
+        rows.append({"item_id": rec["item_id"], "question": rec["question"], "gold": gold, "samples": [
             {"text": s["completion"], "pred": s["pred"], "correct": bool(s["correct"]),
              "score": reward(s["pred"], gold, spec)} for s in chunk]})
     return rows
@@ -96,11 +98,9 @@ def samples_stage_of(ctx: RunContext, checkpoint: str | Path, split: str, sc: Sa
     """The samples stage of ``checkpoint`` on ``split`` (its folder and hash; nothing is drawn or read), so
     that a consumer can key its own stage on it and draw the samples only when it must compute."""
     cfg = ctx.cfg
-    key = {"checkpoint": checkpoint_id(checkpoint), "split": split, "sampling": sc, "dataset": cfg.dataset,
-           "cot": ctx.cot, "reward": cfg.reward, "seed": cfg.root.seed,
-           "mixed_precision": cfg.accelerate.mixed_precision}
     label = f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}_{split}_k{sc.num_samples}"
-    return Stage(ctx.cache_dir, "samples", label, key)
+    return Stage(ctx.cache_dir, "samples", label,
+                 stage_key(cfg, READS, {"checkpoint": checkpoint_id(checkpoint), "split": split}, node=sc))
 
 
 def sample_stage(ctx: RunContext, checkpoint: str | Path, split: str, sc: SamplingConfig, *,

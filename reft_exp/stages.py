@@ -46,13 +46,18 @@ def config_at(cfg: Any, path: str) -> Any:
     return cfg
 
 
-def stage_key(cfg: Any, reads: Sequence[str], upstream: dict[str, str] | None = None) -> dict[str, Any]:
+def stage_key(cfg: Any, reads: Sequence[str], upstream: dict[str, str] | None = None,
+              node: Any = None) -> dict[str, Any]:
     """The one rule for stage keys: the outputs of the upstream stages it starts from (``stage hash`` or
     ``stage hash/output``) plus exactly the config nodes the stage reads (dotted paths into the typed config,
     each node whole, minus its fields marked :data:`reft_exp.config.NOT_IN_KEY`: those choose among a stage's
     outputs, e.g. ``dataset.warmup_epoch``, or do not change them, e.g. worker counts). Each stage kind declares
-    its ``reads`` once."""
-    return {"upstream": dict(upstream or {}), "config": {path: _plain(config_at(cfg, path)) for path in reads}}
+    its ``reads`` once. ``node``: the stage's own settings when a consumer hands them over (the samples stage
+    reads whichever sampling node asked for it: ``inference.sampling``, ``method.sampling``, ...)."""
+    key = {"upstream": dict(upstream or {}), "config": {path: _plain(config_at(cfg, path)) for path in reads}}
+    if node is not None:
+        key["node"] = _plain(node)
+    return key
 
 
 class Stage:

@@ -117,7 +117,8 @@ def ppo_update(acc, rc: ReFTConfig, policy, ref, optimizer, ro) -> dict:
     then ``ppo_epochs`` clipped policy + value updates. Returns the update's scalar stats."""
     mask = ro.response_mask
     scores = ro.scores.to(mask.device)
-    with torch.no_grad():
+    policy.eval()  # the rollout's log-probs and values in eval mode, the updates in train mode (train_rl_reft.py:
+    with torch.no_grad():  # 275-320 under model.eval(), 403 model.train()): they differ only if the model has dropout
         logp_old, values_old, _ = response_logprobs_values(policy, ro, with_values=True)
         logp_ref, _, _ = response_logprobs_values(ref, ro, with_values=False)
         rewards, kl = kl_penalty_rewards(logp_old, logp_ref, mask, scores, rc.kl_coef)
