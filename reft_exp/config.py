@@ -140,6 +140,9 @@ class UpstreamDatasetConfig(DatasetConfig):
 @dataclass
 class CotConfig:
     name: str = one_of("n", "p")
+    # P-CoT RL / sampling prompts end after the header's newline (official) or at its closing quotes: see
+    # reft_exp/prompts.py (HEADER_PROMPT_ENDS); "auto" picks per tokenizer.
+    header_prompt_end: str = one_of("newline", "quotes", "auto")
 
 
 # ---------------------------------------------------------------------------------------------- method

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from reft_exp.answers import COT_TRIGGER
 from reft_exp.config import ConfigError
+from reft_exp.prompts import prompt_for_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str], add_special_tokens: bool =
     same through ``truncation=True``), they are not dropped."""
     if not prompts:
         return []
-    ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+    ids = tokenizer([prompt_for_tokenizer(tokenizer, p) for p in prompts], add_special_tokens=add_special_tokens)["input_ids"]
     if max_prompt_length is not None:
         ids = [e[:max_prompt_length] for e in ids]
     return [list(e) for e in ids]

@@ -118,6 +118,7 @@ def run_cell(cfg: RunConfig) -> dict:
     from reft_exp.engines import make_engine, set_default_engine
     from reft_exp.inference import INFERENCE
     from reft_exp.methods import METHODS
+    from reft_exp.prompts import set_header_prompt_end
     from reft_exp.results import build_record, cell_id, config_hash, read_record, record_path, write_record
     from reft_exp.tracking import make_tracker
     from reft_exp.utils import seed_everything
@@ -137,6 +138,7 @@ def run_cell(cfg: RunConfig) -> dict:
     accelerator = build_accelerator(cfg.accelerate)  # one device, DDP or DeepSpeed ZeRO-2/3
     distributed = describe_processes(accelerator)
     set_default_engine(make_engine(cfg.rollout))  # generation engine of every stage (rollout.engine)
+    set_header_prompt_end(cfg.cot.header_prompt_end)  # where P-CoT header prompts end (cot.header_prompt_end)
     seed_everything(cfg.root.seed + accelerator.process_index, cfg.root.deterministic)  # upstream: seed + rank
     start = time.perf_counter()
     tracker = make_tracker(cfg.logger, cell_id(cfg), OmegaConf.to_container(cfg.raw, resolve=True),

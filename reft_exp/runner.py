@@ -22,7 +22,8 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,21 @@ class Progress:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.step = state["epoch"], state["step"]
         self.epochs, self.evals, self.best = state["epochs"], state.get("evals", []), state["best"]
+
+
+@contextmanager
+def _quiet_accelerate() -> Iterator[None]:
+    """accelerate logs every file of a save/load at INFO and its checkpoint rotation as a WARNING: our own log
+    says what was saved or resumed, once."""
+    loggers = [logging.getLogger(name) for name in ("accelerate.accelerator", "accelerate.checkpointing")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _index(folder: Path) -> int:
@@ -132,7 +148,8 @@ class TrainState:
             problem = self._verified(folder)
             if problem is None:
                 try:
-                    self.acc.load_state(str(folder))
+                    with _quiet_accelerate():
+                        self.acc.load_state(str(folder))
                 except Exception as err:  # a file that passed its checksum but still does not load
                     problem = f"{folder}: does not load ({type(err).__name__}: {err})"
             if problem is None:
@@ -163,7 +180,8 @@ class TrainState:
             project_dir=str(self.folder), automatic_checkpoint_naming=True, total_limit=self.keep,
             iteration=_index(done[-1]) + 1 if done else 0)
         try:
-            acc.save_state()
+            with _quiet_accelerate():
+                acc.save_state()
         finally:
             acc.project_configuration = before
         newest = self.checkpoints[-1]

@@ -352,3 +352,42 @@ def test_add_special_tokens_as_configured(name, tok_factory, records):
     assert added == expected_extra + plain
     configured = {"codellama_sp": False, "galactica_bpe": False, "tiny": True, "smollm2": False}[name]
     assert tok.model_cfg.add_special_tokens is configured
+
+
+# ------------------------------------------------------------------------------------------ the header boundary
+@pytest.mark.parametrize("mode", ["auto", "quotes"])
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_header_prompt_ends_on_a_token_boundary_of_the_sft_target(name, mode, tok_factory, records, executor):
+    """``cot.header_prompt_end``: byte-level BPEs merge the header's last newline with the next indentation
+    (``\\n   `` is one token), so an RL prompt ending with that newline ends where SFT never had a token
+    boundary (SmolLM2 after SFT then started a new ``def solution():`` at column 0: reward 0 on every rollout).
+    Ending at the closing quotes is a boundary of the SFT target for every tokenizer; "auto" does that only
+    where the newline merges. The answer text and the rewards are the same."""
+    from reft_exp.prompts import merges_header_newline, set_header_prompt_end
+
+    tok = tok_factory(name)
+    t = tok.tokenizer
+    merges = merges_header_newline(t)
+    assert merges == (name in ("galactica_bpe", "smollm2")), name
+    recs = [r for r in records["p"][:60] if split_program(build_target(r, "p"))[0] == program_header(r["question"])]
+    set_header_prompt_end(mode)
+    try:
+        enc = encode_prompts(t, rl_prompts(recs, "p"), tok.model_cfg.add_special_tokens)
+        quotes = mode == "quotes" or merges
+        responses = []
+        for r, prompt_ids in zip(recs, enc):
+            target = build_target(r, "p")
+            cut = len(program_header(r["question"])) - quotes  # where the prompt's text stops in the target
+            assert t.decode(prompt_ids).endswith('"""' if quotes else '"""\n')
+            enc_t = t(target, add_special_tokens=False, return_offsets_mapping=True)
+            ends = [e for _, e in enc_t["offset_mapping"]]
+            assert cut in ends, "the prompt ends on a token boundary of the SFT target"
+            responses.append(list(enc_t["input_ids"][ends.index(cut) + 1 :]) + [t.eos_token_id])
+        ids, attn = left_pad(t, enc)
+        resp = pad_after_eos(responses, t.pad_token_id)
+        ro = rollout_from_ids(t, recs, enc, torch.cat([ids, torch.tensor(resp)], 1), attn)
+        score_rollout(ro, SPEC["p"], executor)
+        assert [c.strip() for c in ro.completions] == [build_target(r, "p").strip() for r in recs]
+        assert ro.scores.tolist() == [1.0] * len(recs)
+    finally:
+        set_header_prompt_end("newline")
