@@ -312,6 +312,7 @@ class CriticFreeConfig(RLLoopConfig):
     aggregated per token, per sequence or by a constant (Dr. GRPO). Values in conf/method/grpo.yaml, rloo.yaml."""
 
     num_generations: int = 8  # G: sampled responses per question per step (adjacent rows of one group)
+    disable_dropout: bool = True  # ours: the ratio and the k3 term compare log-probs of the same tokens
     ppo_epochs: int = 1  # optimizer passes per rollout batch (TRL num_iterations, DeepSeekMath's mu)
     clip_eps: float = 0.2
     kl_coef: float = 0.04  # beta

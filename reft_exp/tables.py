@@ -82,9 +82,15 @@ def _tag(rec: dict) -> str:
 
 
 def record_note(rec: dict) -> str:
-    """A note on how a record's number was produced, shown in the tables' ``note`` column (e.g. which reranker
-    protocol produced it, once records say so: add the record field here). Empty for today's records."""
-    return str(rec.get("note") or "")
+    """A note on how a record's number was produced, shown in the tables' ``note`` column: which reranker
+    protocol produced a rerank number (the official one selects the reranker on the test set, an optimistic
+    number; ``inference.reranker.selection``), and any free ``note`` a record carries."""
+    notes = [str(rec["note"])] if rec.get("note") else []
+    inf = rec.get("inference") or {}
+    if inf.get("name") == "rerank" and inf.get("selection"):
+        notes.append("rerank: reranker selected on the test set (best_on_test, as the official code)"
+                     if inf.get("selected_on_test") else f"rerank: {inf['selection']} reranker")
+    return "; ".join(notes)
 
 
 def _coords(rec: dict) -> dict:

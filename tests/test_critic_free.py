@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 from omegaconf import OmegaConf
+from test_ppo_core import close, t  # the hand-computed test helpers, shared
 
 from reft_exp.config import CONF_DIR, ConfigError, GRPOConfig, RLOOConfig, load_run_config
 from reft_exp.rl.critic_free import (
@@ -26,15 +27,6 @@ from reft_exp.rl.critic_free import (
     truncated_rows,
     zero_variance_groups,
 )
-
-
-def t(rows: list) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.float32)
-
-
-def close(actual: torch.Tensor, expected: list | float, atol: float = 1e-6) -> None:
-    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype), atol=atol, rtol=0)
-
 
 # Three groups of G = 4 (a question's samples are adjacent rows): mixed rewards (1 correct, 0.1 extracted but
 # wrong, 0 nothing extracted), all correct, and a tie of two right / two wrong.

@@ -52,8 +52,15 @@ def test_notebook_runs_headless_and_compares_two_sweeps(tmp_path, monkeypatch):
     steps = tmp_path / "steps.jsonl"
     steps.write_text("".join(json.dumps({"epoch": 1, "step": s, "score": 0.1 * s, "correct": 0.05 * s,
                                          "kl": 0.01 * s}) + "\n" for s in range(1, 5)))
+    reft = _record("reft", 1, 0.65, [0.5, 0.65], steps_file=steps)
+    stage = tmp_path / "cache" / "reft" / "stage"  # what the model wrote at its best epoch (runner outputs/)
+    (stage / "outputs").mkdir(parents=True)
+    (stage / "outputs" / "eval_epoch2.jsonl").write_text(json.dumps(
+        {"item_id": "q7", "question": "Tom has 3 apples and buys 4 more. How many?", "completion": "3 + 4 = 7",
+         "pred": 7.0, "gold": 7.0, "correct": True}) + "\n")
+    reft |= {"stages": {"reft": {"dir": str(stage)}}, "best_epoch": 2}
     runs_a = _sweep(tmp_path / "a", [_record("sft", 1, 0.50, [0.2, 0.5]), _record("sft", 2, 0.70, [0.3, 0.7]),
-                                     _record("reft", 1, 0.65, [0.5, 0.65], steps_file=steps)])
+                                     reft])
     runs_b = _sweep(tmp_path / "b", [_record("sft", 1, 0.80, [0.4, 0.8])])
     monkeypatch.setenv("REFT_RUNS_DIR", str(runs_a))
     monkeypatch.setenv("REFT_RUNS_DIR_B", str(runs_b))
@@ -64,6 +71,7 @@ def test_notebook_runs_headless_and_compares_two_sweeps(tmp_path, monkeypatch):
     assert not errors
     text = _text(nb)
     assert "tiny__arith__n__reft__greedy__seed1" in text  # the records table
+    assert "Tom has 3 apples" in text and "eval_epoch2.jsonl" in text  # what the model wrote
     assert "60.0 ± 14.1" in text  # Table 1: sft over two seeds (50, 70)
     assert "cells in both: 1, only in A: 1, only in B: 0" in text
     assert "mean Δ (B - A) over shared cells: +20.00 points" in text  # 80 - mean(50, 70)

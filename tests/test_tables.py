@@ -172,3 +172,20 @@ def test_cli_without_records_writes_notes(tmp_path):
     assert len(paths) == 6
     for p in paths:
         assert "No results records" in p.read_text()
+
+
+def test_rerank_rows_say_which_reranker_protocol_produced_them(tmp_path):
+    """A rerank number selected on the test set (the official protocol, optimistic) is marked in the table's
+    note column; a `final` reranker's number says so; a table without rerank records has no note column."""
+    best = _record("codellama-7b", "gsm8k", "p", "sft", 0.77, inference="rerank")
+    best["inference"] |= {"selection": "best_on_test", "selected_on_test": True}
+    final = _record("codellama-7b", "gsm8k", "p", "reft", 0.80, inference="rerank")
+    final["inference"] |= {"selection": "final", "selected_on_test": False}
+    runs = _write(tmp_path / "runs", best, final)
+    t2 = tables.build_table2(tables.load_records(runs), tables.load_paper("voting_rerank"))
+    notes = t2[(tables.NOTE, "")]
+    assert "selected on the test set" in notes.loc[("codellama-7b", "sft")]
+    assert notes.loc[("codellama-7b", "reft")] == "rerank: final reranker"
+    greedy = _write(tmp_path / "greedy", _record("codellama-7b", "gsm8k", "p", "sft", 0.6))
+    t1 = tables.build_table1(tables.load_records(greedy), tables.load_paper("value_accuracy"))
+    assert tables.NOTE not in {label for label, _ in t1.columns}
