@@ -24,7 +24,7 @@ DEMO_ARGS ?=
 TEST_WORKERS ?= 2
 TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: venv install install-system-sandbox test test-fast lint demo demo-real tables clean
+.PHONY: venv install install-system-sandbox test test-fast lint demo demo-real claims tables clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.10+)"; exit 1; }
@@ -63,5 +63,9 @@ demo-real: $(STAMP)
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=real_smoke $(DEMO_ARGS)
 	@echo "a real pretrained model (SmolLM2-135M-Instruct) on SVAMP P-CoT: results/runs/smollm2-135m__svamp__p__*.json"
 
+claims: $(STAMP)
+	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=claims $(DEMO_ARGS)
+	@echo "claims report (3 seeds, ~40 CPU minutes): results/claims.md (+ .csv); records: results/claims_runs/"
+
 clean:
-	rm -rf outputs multirun results/runs results/cache results/tables results/plots .pytest_cache .ruff_cache
+	rm -rf outputs multirun results/runs results/claims_runs results/claims.md results/claims.csv results/cache results/tables results/plots .pytest_cache .ruff_cache

@@ -1,5 +1,6 @@
 """Hydra callbacks: at the end of a sweep, rebuild Table 1 / Table 2 and the plots from every record in the
-results folder (``python -m reft_exp.tables`` does the same by hand)."""
+results folder (``python -m reft_exp.tables`` does the same by hand), and for ``experiment=claims`` the claims
+report (``python -m reft_exp.claims``)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,27 @@ class BuildTables(Callback):
             log.warning("sweep finished but building the tables failed: %s (run python -m reft_exp.tables)", err)
             return
         log.info("tables and plots rebuilt from %s: %s", runs, ", ".join(str(p) for p in paths[:2]) + ", ...")
+
+
+class BuildClaims(Callback):
+    """At the end of ``experiment=claims``: the claims report (reft_exp/claims.py) from the sweep's runs folder."""
+
+    def __init__(self, enabled: bool = True, tag: str = "", kl_bound: float | None = None,
+                 std_margin: float | None = None):  # None: reft_exp.claims' defaults
+        self.enabled, self.tag, self.kl_bound, self.std_margin = enabled, tag, kl_bound, std_margin
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        from reft_exp.claims import main as claims_main
+
+        args = ["--runs", str(config.paths.runs_dir), "--out", str(config.paths.results_dir), "--tag", self.tag]
+        args += ["--kl-bound", str(self.kl_bound)] if self.kl_bound is not None else []
+        args += ["--std-margin", str(self.std_margin)] if self.std_margin is not None else []
+        try:
+            paths = claims_main(args)
+        except Exception as err:  # the records are safe; a report problem must not fail the sweep
+            log.warning("sweep finished but building the claims report failed: %s (run python -m reft_exp.claims "
+                        "%s)", err, " ".join(args))
+            return
+        log.info("claims report: %s", ", ".join(map(str, paths)))

@@ -27,6 +27,7 @@ from reft_exp.tables import (
     _coords,
     _iter_records,
     _order,
+    budget,
 )
 from reft_exp.utils import read_jsonl
 
@@ -45,7 +46,8 @@ class Curves:
     ``steps``: TRAIN_KEYS + ``epoch``, ``step`` and the per-step stats of an RL method's ``steps.jsonl``
     (``score``, ``correct``, ``kl``, ...). ``missing``: TRAIN_KEYS + ``steps_file``, ``reason`` for each
     record whose steps file is named but cannot be read (shown as missing in the plots).
-    ``cells``: TRAIN_KEYS of every training run, with or without curves.
+    ``cells``: TRAIN_KEYS of every training run, with or without curves, and its ``budget``
+    (:func:`reft_exp.tables.budget`, shown in the legends).
     ``votes``: TRAIN_KEYS + ``k``, ``vote_accuracy``, ``greedy_accuracy`` from the majority-vote records'
     ``vote_accuracy_by_k`` (vote accuracy with K of the samples).
     """
@@ -99,7 +101,7 @@ def load_curves(runs_dir: str | Path, tag: str | None = "") -> Curves:
     cells, ep_rows, step_rows, missing = [], [], [], []
     for c, rec in _training_runs(pairs):
         base = {k: c[k] for k in TRAIN_KEYS}
-        cells.append(base)
+        cells.append(base | {"budget": budget(rec)})
         for row in rec.get("epochs") or []:
             acc = row.get("test_accuracy")
             ep_rows.append(base | {"epoch": row.get("epoch"),
@@ -120,7 +122,7 @@ def load_curves(runs_dir: str | Path, tag: str | None = "") -> Curves:
     return Curves(epochs=pd.DataFrame(ep_rows, columns=TRAIN_KEYS + ["epoch", "test_accuracy"]),
                   steps=pd.DataFrame(step_rows) if step_rows else pd.DataFrame(columns=TRAIN_KEYS + ["step"]),
                   missing=pd.DataFrame(missing, columns=TRAIN_KEYS + ["steps_file", "reason"]),
-                  cells=pd.DataFrame(cells, columns=TRAIN_KEYS),
+                  cells=pd.DataFrame(cells, columns=TRAIN_KEYS + ["budget"]),
                   votes=pd.DataFrame(_vote_rows(pairs), columns=VOTE_COLUMNS))
 
 
@@ -144,6 +146,13 @@ def _select(df: pd.DataFrame, panel: tuple[str, str, str], method: str | None = 
     if method is not None:
         mask &= df["method"] == method
     return df[mask]
+
+
+def _label(curves: Curves, panel: tuple[str, str, str], method: str) -> str:
+    """``method (budget)``: the budget of the method's first run in the panel (the legend names what ran)."""
+    cells = _select(curves.cells, panel, method)
+    found = [b for b in cells["budget"] if b] if "budget" in cells else []
+    return f"{method} ({found[0]})" if found else method
 
 
 def _mean_band(ax, df: pd.DataFrame, x: str, y: str, scale: float, smooth: int, color: str,
@@ -198,7 +207,7 @@ def accuracy_figure(curves: Curves):
         methods = _order(_select(curves.cells, panel)["method"], METHOD_ORDER)
         for method in methods:
             drawn = _mean_band(ax, _select(curves.epochs, panel, method), "epoch", "test_accuracy", 100.0, 1,
-                               colors[method], method)
+                               colors[method], _label(curves, panel, method))
             if not drawn:
                 ax.plot([], [], color=colors[method], linestyle=":", label=f"{method}: no per-epoch data")
         ax.set_title(f"{panel[0]} / {panel[1]} / {panel[2].upper()}-CoT", fontsize=9)
@@ -228,7 +237,7 @@ def step_figure(curves: Curves, panel: tuple[str, str, str], smooth: int = 1):
         for method in methods:
             sub = _select(steps, panel, method)
             if metric in sub.columns and _mean_band(ax, sub, "step", metric, 1.0, smooth, colors[method],
-                                                    method):
+                                                    _label(curves, panel, method)):
                 drawn_any = True
             elif not sub.empty:
                 ax.plot([], [], color=colors[method], linestyle=":", label=f"{method}: {metric} not recorded")
@@ -266,7 +275,7 @@ def vote_figure(curves: Curves):
         for method in _order(sub["method"], METHOD_ORDER):
             mean = sub[sub["method"] == method].groupby("k")[["vote_accuracy", "greedy_accuracy"]].mean()
             ax.plot(mean.index, 100 * mean["vote_accuracy"], marker="o", color=colors[method],
-                    label=f"{method}: vote")
+                    label=f"{_label(curves, panel, method)}: vote")
             greedy = mean["greedy_accuracy"].dropna()
             if not greedy.empty:
                 ax.axhline(100 * greedy.iloc[0], color=colors[method], linestyle="--", linewidth=1,

@@ -81,11 +81,48 @@ def _tag(rec: dict) -> str:
     return (rec.get("config") or {}).get("tag") or ""
 
 
+RL_METHODS = ("reft", "online_st", "grpo", "rloo")
+
+
+def budget(rec: dict) -> str:
+    """A record's training and inference budget in a few words, e.g. ``SFT 4 epochs, best 4/4 (no plateau
+    reached)``, ``warm-up SFT epoch 2/4 + 4 x 320 questions, best epoch 3`` or ``... K=10``: the tables' note
+    column and the plots' legends carry it. "" when the record holds no config (constructed records)."""
+    cfg, c = rec.get("config") or {}, _coords(rec)
+    sft, m = cfg.get("sft") or {}, cfg.get("method") or {}
+    if not sft:
+        return ""
+    parts, best = [], rec.get("best_epoch")
+    epochs = [e for e in rec.get("epochs") or [] if e.get("epoch", 0) >= 1 and "test_accuracy" in e]
+    if c["method"] == "sft":
+        last = sft.get("train_epochs") or sft.get("epochs")
+        text = f"SFT {last} epochs" + (f" of a {sft['epochs']}-epoch schedule" if last != sft.get("epochs") else "")
+        if best is not None:
+            rising = best == last and len(epochs) > 1 and epochs[-1]["test_accuracy"] > epochs[-2]["test_accuracy"]
+            text += f", best {best}/{last}" + (" (no plateau reached)" if rising else "")
+        parts.append(text)
+    elif c["method"] == "offline_st":
+        parts.append(f"{m.get('epochs')} epochs on SFT data + warm-up samples" + (f", best epoch {best}"
+                                                                                if best is not None else ""))
+    elif c["method"] in RL_METHODS:
+        warm = (cfg.get("dataset") or {}).get("warmup_epoch")
+        warm = warm.get(c["cot"]) if isinstance(warm, dict) else warm
+        parts.append(f"warm-up SFT epoch {warm}/{sft.get('epochs')} + {m.get('epochs')} x {m.get('max_questions')} "
+                     f"questions" + (f", best epoch {best}" if best is not None else ""))
+    k = (rec.get("inference") or {}).get("num_samples")
+    if k and c["inference"] != "greedy":
+        parts.append(f"K={k}")
+    return ", ".join(parts)
+
+
 def record_note(rec: dict) -> str:
-    """A note on how a record's number was produced, shown in the tables' ``note`` column: which reranker
-    protocol produced a rerank number (the official one selects the reranker on the test set, an optimistic
-    number; ``inference.reranker.selection``), and any free ``note`` a record carries."""
+    """A note on how a record's number was produced, shown in the tables' ``note`` column: its budget
+    (:func:`budget`), which reranker protocol produced a rerank number (the official one selects the reranker
+    on the test set, an optimistic number; ``inference.reranker.selection``), and any free ``note`` a record
+    carries."""
     notes = [str(rec["note"])] if rec.get("note") else []
+    if b := budget(rec):
+        notes.append(b)
     inf = rec.get("inference") or {}
     if inf.get("name") == "rerank" and inf.get("selection"):
         notes.append("rerank: reranker selected on the test set (best_on_test, as the official code)"
@@ -170,7 +207,9 @@ def _build(records: pd.DataFrame, paper: pd.Series, cells: list[tuple[str, str, 
         pavg = paper_same.mean(axis=1).where(complete & ours.notna().any(axis=1))
         table[("Average", "ours")], table[("Average", "paper")] = avg, pavg
         table[("Average", "Δ")] = avg - pavg
-    notes = records.groupby(["model", "method"])["note"].agg(lambda v: "; ".join(sorted({n for n in v if n})))
+    # a row's notes: each distinct part once, in the order met (a vote and a rerank record share their budget)
+    notes = records.groupby(["model", "method"])["note"].agg(
+        lambda v: "; ".join(dict.fromkeys(part for n in v if n for part in n.split("; "))))
     if "note" in records and notes.reindex(rows).fillna("").any():
         table[(NOTE, "")] = notes.reindex(rows).fillna("")
     return table

@@ -45,7 +45,8 @@ def test_config_defaults_are_the_official_protocol():
 def test_tiny_scale_sets_its_own_lengths():
     cfg = load_run_config(["method=reft"])
     assert cfg.method.eval_max_length == 300 and cfg.sft.eval_max_length == 312
-    assert load_run_config(["method=offline_st"]).method.eval_every_steps == 200
+    offline = load_run_config(["method=offline_st"])
+    assert offline.method.eval_every_steps is None and offline.method.epochs == offline.sft.epochs  # as tiny SFT
 
 
 @pytest.mark.parametrize("override", ["inference=majority_vote", "inference.vote_grouping=fuzzy"])

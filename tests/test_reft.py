@@ -91,7 +91,7 @@ def test_the_kl_penalty_holds_the_policy_near_the_reference(tmp_path):
 
     # 12 steps of 8 questions; lr 10x the tiny default so that the drift shows within them (measured: KL over
     # steps 7-12 about 1.0 with beta 0.05 and 2.2 with beta 0)
-    args = [*QUICK, "method.max_questions=96", "method.batch_size=8", "method.lr=5e-4"]
+    args = [*QUICK, "method.epochs=1", "method.max_questions=96", "method.batch_size=8", "method.lr=5e-4"]
     kls = {}
     for beta in ("0.05", "0"):
         rec = run_cell(run_config([*args, f"method.kl_coef={beta}"], tmp_path / "results"))
