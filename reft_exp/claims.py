@@ -155,7 +155,8 @@ def _qualitative() -> str:
 def claims(kl_bound: float = KL_BOUND) -> list[Claim]:
     pts = "points"
     return [
-        Claim("1", "ReFT beats SFT (greedy, best epoch vs best epoch)", "reft/greedy, sft/greedy", pts,
+        Claim("1", "ReFT beats SFT (greedy, best epoch vs best epoch, the official prompts: RL evaluated with the "
+              "program header in the prompt, SFT from the question alone; scripts/sft_with_header.py)", "reft/greedy, sft/greedy", pts,
               _diff(("reft",), ("sft",)), _paper_diff(("reft", "greedy"), ("sft", "greedy"))),
         Claim("2a", "ReFT beats offline self-training (greedy)", "reft/greedy, offline_st/greedy", pts,
               _diff(("reft",), ("offline_st",)), _paper_diff(("reft", "greedy"), ("offline_st", "greedy"))),
