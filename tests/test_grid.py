@@ -17,7 +17,8 @@ def test_smoke_sweep_trains_sft_once_and_fills_both_tables(tmp_path):
     results = tmp_path / "results"
     proc = run_app(["--multirun", f"--config-dir={ROOT / 'tests' / 'conf'}", "experiment=smoke", "model=tiny_quick",
                     # the smoke experiment sets its own task size; the command line wins over it
-                    "dataset.train_size=48", "dataset.test_size=12", "sft.epochs=1", "dataset.warmup_epoch.p=1",
+                    # and N-CoT with one SFT epoch: the grid's mechanics at the quick model's lengths
+                    "dataset.train_size=48", "dataset.test_size=12", "cot=n", "sft.epochs=1",
                     f"paths.results_dir={results}"], tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*.json"))]
