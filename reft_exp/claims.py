@@ -23,6 +23,7 @@ difference over the cells that have both sides, its range, and the CodeLlama GSM
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from reft_exp.tables import _iter_records, _tag, load_paper
+from reft_exp.tables import budget as tables_budget
 
 HOLDS, NOT_HOLDS, MISSING = "holds", "does not hold", "missing"
 # Defaults of the verdict rule and the KL bound of claim (7); conf/experiment/claims.yaml passes its own.
@@ -111,6 +113,7 @@ def _reft_rerank_margin(cells: dict) -> float | None:
 
 # ---------------------------------------------------------------- the paper's numbers
 
+@functools.cache
 def _paper_cells() -> pd.DataFrame:
     """(model, dataset, cot) x (method, inference) -> accuracy from the paper's tables (source v1)."""
     value = load_paper("value_accuracy")
@@ -260,27 +263,14 @@ def vote_curve(seeds: dict[object, dict]) -> pd.DataFrame:
 
 
 def budget(seeds: dict[object, dict]) -> str:
-    """One line: the budgets the sweep's cells ran with (from the first seed's records)."""
+    """One line: the first seed's SFT and ReFT budgets (:func:`reft_exp.tables.budget`) and the vote's K."""
     if not seeds:
         return ""
     cells = seeds[min(seeds, key=str)]
-    parts = []
-    sft = cells.get(("sft", "greedy", ""))
-    if sft:
-        cfg = sft["config"]
-        parts.append(f"SFT {cfg['sft']['epochs']} epochs (batch {cfg['sft']['batch_size']}, best epoch "
-                     f"{sft.get('best_epoch')}), {cfg['dataset'].get('train_size')} training questions")
-    reft = cells.get(("reft", "greedy", ""))
-    if reft:
-        cfg = reft["config"]
-        warm = cfg["dataset"]["warmup_epoch"]
-        warm = warm.get(cfg["cot"]["name"], warm) if isinstance(warm, dict) else warm
-        steps = len([e for e in reft.get("epochs", []) if e.get("epoch", 0) >= 1])
-        parts.append(f"ReFT from SFT epoch {warm}: {steps} epochs of {cfg['method']['max_questions']} questions "
-                     f"(batch {cfg['method']['batch_size']}), beta {cfg['method']['kl_coef']}")
-    vote = cells.get(("sft", "majority_vote", ""))
-    if vote:
-        parts.append(f"K = {vote['inference'].get('num_samples')} samples per test question")
+    parts = [f"{name}: {tables_budget(cells[key])}" for name, key in (("SFT", ("sft", "greedy", "")),
+                                                                      ("ReFT", ("reft", "greedy", ""))) if key in cells]
+    if vote := cells.get(("sft", "majority_vote", "")):
+        parts.append(f"K = {(vote.get('inference') or {}).get('num_samples')} samples per test question")
     return "; ".join(parts)
 
 

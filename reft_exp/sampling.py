@@ -37,7 +37,8 @@ from reft_exp.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 SAMPLES_FILE = "samples.jsonl"
-# What a samples stage reads besides its sampling node (its key); its upstream: the checkpoint and the split.
+# What a samples stage reads besides its sampling node (its key); the stages it starts from: the checkpoint and
+# the split.
 READS = ("model", "dataset", "cot", "reward", "executor", "accelerate.mixed_precision", "root.seed")
 
 

@@ -27,7 +27,7 @@ def _record(method: str, inf: str, seed: int, accuracy: float, tag: str = "claim
                             "inference": inf, "seed": seed},
             "config": {"tag": tag, "cot": {"name": "p"}, "dataset": {"warmup_epoch": {"p": 2}, "train_size": 400},
                        "sft": {"epochs": 4, "batch_size": 16},
-                       "method": {"max_questions": 640, "batch_size": 64, "kl_coef": 0.01}},
+                       "method": {"epochs": 3, "max_questions": 640, "batch_size": 64, "kl_coef": 0.01}},
             **extra}
 
 
@@ -103,7 +103,9 @@ def test_report_files_hold_every_claim_and_the_vote_curve(tmp_path):
     assert list(csv["id"]) == ["1", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6", "7"]
     assert csv.set_index("id").loc["2b", "verdict"] == claims.HOLDS  # ReFT 63-66% vs online 50%
     md = (tmp_path / "out" / "claims.md").read_text()
-    assert "3 seed(s) (42, 43, 44)" in md and "Budget: SFT 4 epochs (batch 16, best epoch 3)" in md
+    assert "3 seed(s) (42, 43, 44)" in md
+    assert ("Budget: SFT: SFT 4 epochs, best 3/4; ReFT: warm-up SFT epoch 2/4 + 3 x 640 questions, best epoch 3; "
+            "K = 8 samples per test question.") in md
     assert md.count("| holds") + md.count("| does not hold") == 10
     # vote accuracy against K: the mean over seeds of K=1 and K=8 per method
     assert "Majority-vote accuracy against K" in md
