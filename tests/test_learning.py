@@ -4,8 +4,8 @@ Every learning test shares one SFT run (a cached stage in the run-wide `learning
 reranker test in tests/test_learning_rerank.py reuses it from the other xdist worker): the tiny/arith cell
 with Python-program CoT, 2,000 training questions, 200 test questions, batch 8 (the tiny model learns per
 update: 500 updates at batch 8 cost half the CPU time of 500 at batch 16 on 4,000 questions), the first 2 epochs
-of a 4-epoch schedule (`sft.train_epochs`). Its warm-up is epoch 2 with the lr still mid-schedule, as upstream's
-warm-up is epoch 2 of 40; the end of a short annealed run is a worse start for ReFT (docs/reft.md). Measured
+of a 4-epoch schedule (`sft.train_epochs`). Its warm-up is epoch 2 with the lr still mid-schedule, as the official
+warm-up is epoch 2 of 40 (exps/paper_exps/ReFT/gsm8k.sh:8); the end of a short annealed run is a worse start for ReFT (docs/reft.md). Measured
 (seed 42): greedy 4.5% -> 51.5% without the P-CoT header (73.5% with it, the RL evaluations' prompt), its
 samples right ~30% of the time: room for every RL method to show its rise. About 1.7 single-thread CPU minutes.
 """
