@@ -4,9 +4,9 @@ Every learning test shares one SFT run (a cached stage in the run-wide `learning
 reranker test in tests/test_learning_rerank.py reuses it from the other xdist worker): the tiny/arith cell
 with Python-program CoT, 2,000 training questions, 200 test questions, batch 8 (the tiny model learns per
 update: 500 updates at batch 8 cost half the CPU time of 500 at batch 16 on 4,000 questions), the first 2 epochs
-of a 4-epoch schedule (`sft.train_epochs`). Its warm-up is epoch 2 with the lr still mid-schedule, as the official
-warm-up is epoch 2 of 40 (exps/paper_exps/ReFT/gsm8k.sh:8); the end of a short annealed run is a worse start for ReFT (docs/reft.md). Measured
-(seed 42): greedy 4.5% -> 51.5% without the P-CoT header (73.5% with it, the RL evaluations' prompt), its
+of a 4-epoch schedule (`sft.train_epochs`). Its warm-up is epoch 2 with the lr still mid-schedule, as the
+official warm-up is epoch 2 of 40 (exps/paper_exps/ReFT/gsm8k.sh:8); the end of a short annealed run is a worse
+start for ReFT (docs/reft.md). Measured (seed 42): greedy 4.5% -> 51.5% without the P-CoT header (73.5% with it, the RL evaluations' prompt), its
 samples right ~30% of the time: room for every RL method to show its rise. About 1.7 single-thread CPU minutes.
 """
 
@@ -30,6 +30,13 @@ SFT = ["cot=p", "dataset.train_size=2000", "dataset.test_size=200", "sft.epochs=
 POOL, EPOCHS, PER_STEP = 128, 3, 32
 REFT = [*SFT, "method=reft", f"method.max_questions={POOL}", f"method.batch_size={PER_STEP}",
         f"method.epochs={EPOCHS}", f"method.eval_every_epochs={EPOCHS}"]
+
+
+def correct_per_epoch(steps: list[dict], epochs: int) -> list[float]:
+    """The fraction of correct samples of each RL epoch (mean over its steps, which are equal-sized): on a
+    question pool, every epoch samples the same questions."""
+    return [sum(s["correct"] for s in steps if s["epoch"] == e) / sum(s["epoch"] == e for s in steps)
+            for e in range(1, epochs + 1)]
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +73,12 @@ def test_reft_raises_training_reward_and_greedy_accuracy(sft_record, learning_re
     assert rec["stages"]["sft"]["reused"] is True
     warmup, after = rec["epochs"][0]["test_accuracy"], rec["epochs"][-1]["test_accuracy"]
     steps = read_steps(rec["method"]["steps_file"])
-    per_epoch = POOL // PER_STEP
-    correct = [sum(s["correct"] for s in steps if s["epoch"] == e) / per_epoch for e in range(1, EPOCHS + 1)]
+    correct = correct_per_epoch(steps, EPOCHS)
     kl = [s["kl"] for s in steps]
     print(f"greedy test: warm-up {warmup:.3f} -> ReFT {after:.3f}; train fraction correct per epoch "
           f"{[round(c, 3) for c in correct]}, per step {[round(s['correct'], 2) for s in steps]}; "
           f"KL {[round(k, 2) for k in kl]}")
-    assert len(steps) == EPOCHS * per_epoch
+    assert len(steps) == EPOCHS * POOL // PER_STEP
     # measured (seed 42): 0.328 -> 0.414 -> 0.367 on the pool; greedy 73.5 -> 81.0; KL at most 0.73
     assert correct[-1] > correct[0] + 0.02, "the training reward on the same questions rises over the warm-up's"
     assert after > warmup + 0.03, "greedy test accuracy rises above the warm-up's"

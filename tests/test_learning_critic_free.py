@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import run_config
-from test_learning import SFT
+from test_learning import SFT, correct_per_epoch
 
 from reft_exp.run import run_cell
 from reft_exp.runner import read_steps
@@ -33,7 +33,7 @@ def test_critic_free_raises_training_reward(method, learning_results):
     rec = run_cell(run_config([*SFT, f"method={method}", *RL], learning_results))
     steps = read_steps(rec["method"]["steps_file"])
     per_epoch = POOL // PER_STEP
-    correct = [sum(s["correct"] for s in steps if s["epoch"] == e) / per_epoch for e in range(1, EPOCHS + 1)]
+    correct = correct_per_epoch(steps, EPOCHS)
     kl = [s["kl"] for s in steps]
     zero_var = [s["zero_variance_groups"] for s in steps]
     warmup, after = rec["epochs"][0]["test_accuracy"], rec["epochs"][-1]["test_accuracy"]
