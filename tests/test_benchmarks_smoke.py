@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+import launch
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -18,22 +18,23 @@ GSM8K_TRAIN = SHARED / "data" / "gsm8k" / "train.jsonl"
 def test_executor_benchmark_smoke() -> None:
     if not SVAMP_PROGRAMS.exists():
         pytest.skip(f"SVAMP P-CoT data not found at {SVAMP_PROGRAMS}; set REFT_SHARED_DIR")
-    completed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "executor_throughput.py"), "--limit", "40",
-         "--data", str(SVAMP_PROGRAMS)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True,
-    )
+    completed = _script("executor_throughput.py", "--limit", "40", "--data", str(SVAMP_PROGRAMS))
     assert "programs/s" in completed.stdout
     assert "correct 40/40" in completed.stdout
     assert "ratio ours/baseline" in completed.stdout
 
 
+def _script(script: str, *args: str) -> subprocess.CompletedProcess:
+    """``python benchmarks/SCRIPT ARGS`` as a process (forked from the worker's zygote: tests/launch.py)."""
+    completed = launch.run([str(REPO_ROOT / "benchmarks" / script), *args], cwd=REPO_ROOT, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
 def _run_benchmark(script: str, *args: str) -> str:
     if not GSM8K_TRAIN.exists():
         pytest.skip(f"GSM8K not found at {GSM8K_TRAIN}; set REFT_SHARED_DIR")
-    completed = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / script), "--size", "cpu", *args],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True)
-    return completed.stdout
+    return _script(script, "--size", "cpu", *args).stdout
 
 
 def test_rollout_benchmark_smoke(tmp_path) -> None:
@@ -57,12 +58,7 @@ def test_sft_benchmark_smoke() -> None:
 
 
 def test_threads_benchmark_smoke() -> None:
-    completed = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "threads.py"), "--threads", "1", "2", "--batch-sizes", "4",
-         "--steps", "1", "--seq-len", "16"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-    )
+    completed = _script("threads.py", "--threads", "1", "2", "--batch-sizes", "4", "--steps", "1", "--seq-len", "16")
     rows = [ln.split() for ln in completed.stdout.splitlines()[1:]]
     assert [(r[0], r[1]) for r in rows] == [("1", "4"), ("2", "4")]  # one row per (threads, batch size)
     speed = [float(r[2]) for r in rows]

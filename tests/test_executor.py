@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import launch
 import pytest
 
 from reft_exp import _sandbox_worker
@@ -303,8 +304,7 @@ def run_app(args: list[str], cwd: Path, path_env: str | None = None) -> subproce
                WANDB_MODE="disabled", PYTHONPATH=str(REPO_ROOT))
     if path_env is not None:
         env["PATH"] = path_env
-    return subprocess.run([sys.executable, "-m", "reft_exp.run", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return launch.run(["-m", "reft_exp.run", *args], cwd=cwd, env=env)  # tests/launch.py
 
 
 def test_pcot_run_without_bwrap_fails_at_start_in_one_line(tmp_path: Path) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+import launch
 import pytest
 from conftest import CONF_DIR, compose
 from hydra.core.hydra_config import HydraConfig
@@ -72,10 +71,9 @@ def test_unknown_launcher_preset_fails(tmp_path):
 def test_joblib_multirun_two_cells_in_parallel(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "reft_exp.run", "--multirun", "hydra/launcher=parallel", "seed=1,2",
-         f"hydra.sweep.dir={tmp_path}/sweep", f"paths.results_dir={tmp_path}/results", *SMOKE],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = launch.run(["-m", "reft_exp.run", "--multirun", "hydra/launcher=parallel", "seed=1,2",
+                       f"hydra.sweep.dir={tmp_path}/sweep", f"paths.results_dir={tmp_path}/results", *SMOKE],
+                      cwd=tmp_path, env=env)  # tests/launch.py
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -23,21 +24,42 @@ from reft_exp.rl.ppo_core import gae_advantages, masked_whiten, ppo_policy_loss,
 VF_COEF = 5.0
 
 
+# What the worker processes' forkserver imports once (a worker forked from it skips ~4 s of imports).
+FORKSERVER_PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "accelerate"]
+
+
+class _InEnvironment:
+    """A worker entry point that first takes the launching process's environment: forkserver children inherit
+    the server's environment, not the one ``patch_environment`` set up for this launch."""
+
+    def __init__(self, env: dict[str, str], function):
+        self.env, self.function = env, function
+
+    def __call__(self, index: int, *args):
+        os.environ.clear()
+        os.environ.update(self.env)
+        return self.function(index, *args)
+
+
 def debug_launcher(function, args=(), num_processes: int = 2) -> None:
-    """``accelerate.debug_launcher`` with *spawned* workers. Accelerate forks, and a fork taken after the
-    test process has run torch code (its OpenMP pool is live) can deadlock the children: several launches
-    in one pytest process hung. Spawned workers start clean (the worker functions are module-level)."""
+    """``accelerate.debug_launcher`` with workers from a *forkserver*. Accelerate forks, and a fork taken after
+    the test process has run torch code (its OpenMP pool is live) can deadlock the children: several launches
+    in one pytest process hung. The forkserver is a clean process that has only imported the libraries
+    (FORKSERVER_PRELOAD), so its forks start clean, as spawned workers do, without importing torch again."""
     import tempfile
 
+    import torch.multiprocessing as mp
     from accelerate.utils import PrepareForLaunch, patch_environment
-    from torch.multiprocessing import start_processes
 
+    mp.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
     with tempfile.TemporaryDirectory() as tmp, patch_environment(
         world_size=num_processes, master_addr="127.0.0.1", master_port="29500", accelerate_mixed_precision="no",
         accelerate_debug_rdv_file=str(Path(tmp) / "rdv"), accelerate_use_cpu="yes", gloo_socket_ifname="lo",
     ):
-        start_processes(PrepareForLaunch(function, debug=True), args=args, nprocs=num_processes,
-                        start_method="spawn")
+        entry = _InEnvironment(dict(os.environ), PrepareForLaunch(function, debug=True))
+        mp.start_processes(entry, args=args, nprocs=num_processes, start_method="forkserver")
+
+
 LENGTHS = [7, 3, 5, 1, 6, 2]  # response lengths of the 6 sequences; rank 0 gets 0-2, rank 1 gets 3-5
 WIDTH = 7
 FEATURES = 4

@@ -7,6 +7,7 @@ rewarded answers and lowers the others."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from accelerate import Accelerator
 
@@ -61,8 +62,6 @@ def test_one_update_raises_rewarded_answers_and_lowers_the_others(tmp_path):
 def test_zero_value_head_starts_at_zero_and_then_learns(tmp_path):
     """``value_head_init: zero``: V is exactly 0 on every state of the first rollout (so with lambda 1 the first
     advantages are the returns alone), and one update moves it off zero; the default head is random."""
-    import pytest
-
     build_tiny_model(tmp_path, ["Tom has 3 apples. He buys 2 more, so 3 + 2 = 5."] * 4, CFG)
     torch.manual_seed(0)
     lm, value_lm, ref = (load_causal_lm(tmp_path, CFG) for _ in range(3))
@@ -79,3 +78,38 @@ def test_zero_value_head_starts_at_zero_and_then_learns(tmp_path):
         assert response_logprobs_values(zero, ro, with_values=True)[1].abs().max().item() > 0
     with pytest.raises(ValueError, match="value_head_init"):
         ReFTConfig(value_head_init="xavier")
+
+
+def _updated(folder, critic_shared: bool, reuse: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    torch.manual_seed(0)  # the same fresh value head in both runs
+    lm, value_lm, ref = (load_causal_lm(folder, CFG) for _ in range(3))
+    policy = PolicyWithValue(lm, None if critic_shared else value_lm)
+    rc = ReFTConfig(lam=1.0, lr=1e-3, ppo_epochs=2, critic_shared=critic_shared, kl_coef=0.05)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr)
+    stats = ppo_update(Accelerator(cpu=True), rc, policy, ref.eval(), optimizer, _rollout(lm.config.vocab_size),
+                       reuse_first_forward=reuse)
+    return stats, {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
+def test_reusing_the_first_epoch_forward_changes_nothing_without_dropout(tmp_path):
+    """Without dropout, the first PPO epoch's forward (train mode) is the rollout's old log-probs / values pass
+    (eval mode): reusing it gives the same update as computing it apart, shared critic or separate."""
+    from transformers import LlamaConfig, OPTConfig, OPTForCausalLM
+
+    from reft_exp.rl.policy import has_dropout
+
+    build_tiny_model(tmp_path, ["Tom has 3 apples. He buys 2 more, so 3 + 2 = 5."] * 4, CFG)
+    lm = load_causal_lm(tmp_path, CFG)
+    assert not has_dropout(lm) and not has_dropout(PolicyWithValue(lm, None))
+    lm.config.attention_dropout = 0.1  # applied functionally by the attention: no nn.Dropout module to see
+    assert has_dropout(PolicyWithValue(lm, None))
+    opt = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
+                                   num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16))
+    assert has_dropout(opt)  # Galactica's family: dropout 0.1 by default (the official code keeps it)
+    assert not has_dropout(torch.nn.Sequential(torch.nn.Dropout(0.0))) and has_dropout(torch.nn.Dropout(0.1))
+    assert LlamaConfig().attention_dropout == 0.0  # CodeLlama and the tiny model: the pass is reused
+    for shared in (True, False):
+        (s1, w1), (s0, w0) = _updated(tmp_path, shared, True), _updated(tmp_path, shared, False)
+        for k in w0:
+            torch.testing.assert_close(w1[k], w0[k], rtol=1e-5, atol=1e-6, msg=k)
+        assert s1["kl"] == pytest.approx(s0["kl"], abs=1e-6) and s1["pg_loss"] == pytest.approx(s0["pg_loss"], abs=1e-5)

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 
+import launch
 import pytest
 import torch
 from conftest import ROOT, SHARED_DIR
@@ -161,9 +162,9 @@ def test_rollout_scored_by_the_sandbox_then_a_ppo_update_moves_the_policy(real):
 def _app(*args: str, env_extra: dict | None = None, tmp_path=None) -> subprocess.CompletedProcess:
     import os
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "reft_exp.run", f"paths.results_dir={tmp_path}", "progress=false",
-                           *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return launch.run(["-m", "reft_exp.run", f"paths.results_dir={tmp_path}", "progress=false", *args], cwd=ROOT,
+                      env=env, timeout=300)  # tests/launch.py
 
 
 def test_missing_wheel_or_gguf_package_is_one_line_naming_the_install(tmp_path, monkeypatch):

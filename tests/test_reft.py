@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import launch
 from test_run import ROOT, run_app
 
 from reft_exp.methods.reft import read_steps
@@ -56,9 +55,8 @@ def test_reft_killed_mid_run_resumes_to_the_same_result(tmp_path):
     assert run_app([f"paths.results_dir={straight}", *args], tmp_path).returncode == 0
 
     resumed = tmp_path / "resumed"
-    env_cmd = [sys.executable, "-m", "reft_exp.run", f"paths.results_dir={resumed}", *args]
-    proc = subprocess.Popen(env_cmd, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = launch.popen(["-m", "reft_exp.run", f"paths.results_dir={resumed}", *args], cwd=tmp_path,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=tmp_path / "killed.log")
     deadline = time.time() + 300
     progress = None
     while time.time() < deadline and proc.poll() is None:

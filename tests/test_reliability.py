@@ -9,10 +9,10 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import launch
 import pytest
 import torch
 
@@ -28,11 +28,10 @@ TINY = ["dataset.train_size=64", "dataset.test_size=16", "inference.max_new_toke
         "num_threads=1", "deterministic=true"]
 
 
-def _popen(args: list[str], cwd: Path, log_name: str) -> subprocess.Popen:
-    """``python -m reft_exp.run ARGS`` in its own process group; output to ``cwd/<log_name>``."""
-    with open(cwd / log_name, "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "reft_exp.run", *args], cwd=cwd, env=ENV, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, text=True)
+def _popen(args: list[str], cwd: Path, log_name: str):
+    """``python -m reft_exp.run ARGS`` in its own process group (forked from the worker's zygote,
+    tests/launch.py); output to ``cwd/<log_name>``."""
+    return launch.popen(["-m", "reft_exp.run", *args], cwd=cwd, env=ENV, stdout=cwd / log_name)
 
 
 def _run(args: list[str], cwd: Path, log_name: str, timeout: int = 300) -> tuple[int, str]:
@@ -290,11 +289,11 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     for name, (args, _) in cases.items():  # all at once: most of each run is importing torch
         if not any(a.startswith("paths.results_dir") for a in args):
             args = [*args, f"paths.results_dir={tmp_path}/results_{name}"]
-        procs[name] = subprocess.Popen([sys.executable, "-m", "reft_exp.run", *args, "progress=false"],
-                                       cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)
+        procs[name] = launch.popen(["-m", "reft_exp.run", *args, "progress=false"], cwd=tmp_path, env=ENV,
+                                   stdout=tmp_path / f"{name}.out", stderr=tmp_path / f"{name}.err")
     for name, proc in procs.items():
-        _, stderr = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
+        stderr = (tmp_path / f"{name}.err").read_text()
         lines = stderr.strip().splitlines()
         assert proc.returncode == 2, (name, stderr[-2000:])
         assert "Traceback" not in stderr, (name, stderr[-2000:])

@@ -3,6 +3,8 @@ exactly when something it reads changes, and its numbers do not depend on what t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import run_config
 
 from reft_exp.runner import read_steps
@@ -55,6 +57,7 @@ def test_changing_the_warmup_epoch_reuses_the_sft_run_and_the_tiny_model(tmp_pat
     assert second["stages"]["sft"]["reused"] is True and second["stages"]["tiny_model"]["reused"] is True
     assert second["method"]["init_checkpoint"].endswith("epoch_2")
     assert second["stages"]["reft"]["reused"] is False  # another init: another ReFT run
+    assert second["stages"]["warmup_eval"]["reused"] is False  # and another warm-up to evaluate
 
 
 def test_a_cell_gives_the_same_numbers_from_a_cold_and_a_warm_cache(tmp_path):
@@ -69,6 +72,11 @@ def test_a_cell_gives_the_same_numbers_from_a_cold_and_a_warm_cache(tmp_path):
     run_cell(run_config([*QUICK, "method=online_st", *RL], warm_dir))
     warm = run_cell(run_config(args, warm_dir))
     assert cold["stages"]["sft"]["reused"] is False and warm["stages"]["sft"]["reused"] is True
+    # the warm-up's evaluation (epoch 0): computed by the online self-training cell, reused by ReFT's
+    assert cold["stages"]["warmup_eval"]["reused"] is False and warm["stages"]["warmup_eval"]["reused"] is True
+    assert cold["epochs"][0] == warm["epochs"][0] and cold["epochs"][0]["epoch"] == 0
+    assert (Path(warm["stages"]["reft"]["dir"]) / "outputs" / "eval_epoch0.jsonl").read_text() == \
+        (Path(cold["stages"]["reft"]["dir"]) / "outputs" / "eval_epoch0.jsonl").read_text()
     drop = ("time_generate", "time_score", "time_update")
     steps = [[{k: v for k, v in s.items() if k not in drop} for s in read_steps(r["method"]["steps_file"])]
              for r in (cold, warm)]

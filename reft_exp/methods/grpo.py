@@ -57,7 +57,7 @@ class GroupTask(RLTask):
     a step is :func:`group_step`. Subclasses define :meth:`advantages`."""
 
     def __init__(self, ctx: RunContext, rc: CriticFreeConfig, init_path: str, desc: str):
-        super().__init__(ctx, rc, desc)
+        super().__init__(ctx, rc, desc, init_path)
         acc, cfg = ctx.accelerator, ctx.cfg
         self.tokenizer = load_tokenizer(init_path, cfg.model)
         lm = load_causal_lm(init_path, cfg.model)

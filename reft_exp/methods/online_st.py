@@ -42,7 +42,7 @@ class OnlineSTTask(RLTask):
     """One model (no critic, no reference), AdamW; a step is :func:`online_step`."""
 
     def __init__(self, ctx: RunContext, oc: OnlineSTConfig, init_path: str):
-        super().__init__(ctx, oc, "online_st")
+        super().__init__(ctx, oc, "online_st", init_path)
         acc, cfg = ctx.accelerator, ctx.cfg
         self.tokenizer = load_tokenizer(init_path, cfg.model)
         lm = load_causal_lm(init_path, cfg.model)

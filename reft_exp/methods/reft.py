@@ -28,7 +28,7 @@ from reft_exp.distributed import configure_deepspeed, prepare_frozen
 from reft_exp.methods.sft import sft_checkpoint, sft_stage
 from reft_exp.models import load_causal_lm, load_tokenizer
 from reft_exp.rl.loop import RLTask, rl_schedule
-from reft_exp.rl.policy import PolicyWithValue, disable_dropout, response_logprobs_values
+from reft_exp.rl.policy import PolicyWithValue, disable_dropout, has_dropout, response_logprobs_values
 from reft_exp.rl.ppo_core import (
     entropy_from_logits,
     gae_advantages,
@@ -54,7 +54,7 @@ class ReFTTask(RLTask):
     :func:`ppo_step`."""
 
     def __init__(self, ctx: RunContext, rc: ReFTConfig, init_path: str):
-        super().__init__(ctx, rc, "reft")
+        super().__init__(ctx, rc, "reft", init_path)
         acc, cfg = ctx.accelerator, ctx.cfg
         self.tokenizer = load_tokenizer(init_path, cfg.model)
         lm = load_causal_lm(init_path, cfg.model)
@@ -112,22 +112,40 @@ def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer,
             "time_generate": t1 - t0, "time_score": t2 - t1, "time_update": t3 - t2}
 
 
-def ppo_update(acc, rc: ReFTConfig, policy, ref, optimizer, ro) -> dict:
+def ppo_update(acc, rc: ReFTConfig, policy, ref, optimizer, ro, reuse_first_forward: bool | None = None) -> dict:
     """The learning half of a PPO step on a scored rollout: per-token KL-penalised rewards, GAE, whitening,
-    then ``ppo_epochs`` clipped policy + value updates. Returns the update's scalar stats."""
+    then ``ppo_epochs`` clipped policy + value updates. Returns the update's scalar stats.
+
+    The rollout's log-probs and values are the policy's before any update, in eval mode (train_rl_reft.py:
+    275-320 under model.eval(), 403 model.train()). When the policy has no dropout, eval and train mode give
+    the same forward pass, so the first PPO epoch's forward (train mode, with grad) IS that pass: it is computed
+    once and used for both (one forward of the policy, and of a separate critic, less per step).
+    ``reuse_first_forward``: None = whenever the policy has no dropout (:func:`has_dropout`)."""
     mask = ro.response_mask
     scores = ro.scores.to(mask.device)
-    policy.eval()  # the rollout's log-probs and values in eval mode, the updates in train mode (train_rl_reft.py:
-    with torch.no_grad():  # 275-320 under model.eval(), 403 model.train()): they differ only if the model has dropout
-        logp_old, values_old, _ = response_logprobs_values(policy, ro, with_values=True)
+    if reuse_first_forward is None:
+        reuse_first_forward = rc.ppo_epochs > 0 and not has_dropout(policy)
+    first = None
+    with torch.no_grad():
         logp_ref, _, _ = response_logprobs_values(ref, ro, with_values=False)
+    if reuse_first_forward:
+        policy.train()
+        first = response_logprobs_values(policy, ro, with_values=True)
+        logp_old, values_old = first[0].detach(), first[1].detach()
+    else:
+        policy.eval()
+        with torch.no_grad():
+            logp_old, values_old, _ = response_logprobs_values(policy, ro, with_values=True)
+    with torch.no_grad():
         rewards, kl = kl_penalty_rewards(logp_old, logp_ref, mask, scores, rc.kl_coef)
         advantages, returns = gae_advantages(rewards, values_old, mask, rc.gamma, rc.lam)
         if rc.whiten_advantages:
             advantages = masked_whiten(advantages, mask, accelerator=acc)
     policy.train()
-    for _ in range(rc.ppo_epochs):
-        logp, values, logits = response_logprobs_values(policy, ro, with_values=True)
+    for epoch in range(rc.ppo_epochs):
+        logp, values, logits = first if (epoch == 0 and first is not None) else \
+            response_logprobs_values(policy, ro, with_values=True)
+        first = None
         pg_loss, pg_stats = ppo_policy_loss(logp, logp_old, advantages, mask, rc.clip_eps)
         vf_loss, vf_stats = ppo_value_loss(values, values_old, returns, mask, rc.vf_clip)
         loss = pg_loss + rc.vf_coef * vf_loss

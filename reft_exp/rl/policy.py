@@ -14,6 +14,24 @@ from torch import nn
 
 from reft_exp.rl.ppo_core import logprobs_from_logits
 
+# Config fields through which transformers models apply dropout functionally (no nn.Dropout module to see),
+# e.g. OPT/Galactica's ``dropout`` and Llama's ``attention_dropout``.
+DROPOUT_CONFIG_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "attn_pdrop",
+                         "resid_pdrop", "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether train mode changes ``model``'s forward pass: an ``nn.Dropout`` with p > 0, or a config whose
+    dropout rate (applied functionally) is above 0, in any submodule."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout) and m.p > 0:
+            return True
+        conf = getattr(m, "config", None)
+        if conf is not None and any(isinstance(getattr(conf, f, None), (int, float)) and getattr(conf, f) > 0
+                                    for f in DROPOUT_CONFIG_FIELDS):
+            return True
+    return False
+
 
 def disable_dropout(model: nn.Module) -> None:
     """Upstream RL turns dropout off (Llama has none; Galactica/OPT has 0.1)."""
