@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # and runpy warns when the module it runs as __main__ was already imported).
 PRELOAD = ("torch", "transformers", "transformers.models.llama.modeling_llama", "transformers.generation.utils",
            "transformers.tokenization_utils_fast", "accelerate", "hydra", "hydra.main", "omegaconf", "pandas",
-           "tokenizers")
+           "tokenizers", "matplotlib.figure", "matplotlib.ticker", "matplotlib.backends.backend_agg")
 # Environment variables that those libraries read at import time: a launch whose value differs from the
 # zygote's runs as a plain subprocess.
 IMPORT_ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "OMP_", "MKL_", "CUDA",
