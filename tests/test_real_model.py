@@ -21,7 +21,7 @@ from conftest import ROOT, SHARED_DIR
 pytestmark = pytest.mark.slow  # ~1 minute: collected first by conftest (long poles first)
 
 DATA_DIR = SHARED_DIR / "data" / "reft"
-N_SFT, N_ROLLOUT = 4, 2  # fixed SFT batch, rollout questions
+N_SFT, N_ROLLOUT = 2, 2  # fixed SFT batch, rollout questions
 ROLLOUT_NEW_TOKENS = 32  # the rollout's response budget (prompt + response <= prompt width + this)
 
 
