@@ -96,7 +96,7 @@ def test_reusing_the_first_epoch_forward_changes_nothing_without_dropout(tmp_pat
     (eval mode): reusing it gives the same update as computing it apart, shared critic or separate."""
     from transformers import LlamaConfig, OPTConfig, OPTForCausalLM
 
-    from reft_exp.rl.policy import has_dropout
+    from reft_exp.rl.policy import disable_dropout, has_dropout
 
     build_tiny_model(tmp_path, ["Tom has 3 apples. He buys 2 more, so 3 + 2 = 5."] * 4, CFG)
     lm = load_causal_lm(tmp_path, CFG)
@@ -106,6 +106,12 @@ def test_reusing_the_first_epoch_forward_changes_nothing_without_dropout(tmp_pat
     opt = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
                                    num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16))
     assert has_dropout(opt)  # Galactica's family: dropout 0.1 by default (the official code keeps it)
+    ids = torch.randint(3, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    opt.train()
+    assert not torch.equal(opt(ids).logits, opt(ids).logits)  # OPT's dropout is functional: no nn.Dropout
+    disable_dropout(opt)  # ... so disable_dropout must zero the layers' rates too
+    assert torch.equal(opt(ids).logits, opt.eval()(ids).logits)
+    assert has_dropout(opt) and opt.config.dropout == 0.1  # the config keeps its saved rate: still counted
     assert not has_dropout(torch.nn.Sequential(torch.nn.Dropout(0.0))) and has_dropout(torch.nn.Dropout(0.1))
     assert LlamaConfig().attention_dropout == 0.0  # CodeLlama and the tiny model: the pass is reused
     for shared in (True, False):

@@ -14,30 +14,38 @@ from torch import nn
 
 from reft_exp.rl.ppo_core import logprobs_from_logits
 
-# Config fields through which transformers models apply dropout functionally (no nn.Dropout module to see),
-# e.g. OPT/Galactica's ``dropout`` and Llama's ``attention_dropout``.
-DROPOUT_CONFIG_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "attn_pdrop",
-                         "resid_pdrop", "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob")
+# Dropout rates that transformers models apply functionally, kept as float attributes of their layers (OPT /
+# Galactica: ``dropout``, ``attention_dropout``, ``activation_dropout``; Llama: ``attention_dropout``) and in
+# their configs: no nn.Dropout module to see.
+DROPOUT_RATE_FIELDS = ("dropout", "attention_dropout", "activation_dropout", "hidden_dropout", "attn_pdrop",
+                       "resid_pdrop", "embd_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def _rate(x) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0
 
 
 def has_dropout(model: nn.Module) -> bool:
-    """Whether train mode changes ``model``'s forward pass: an ``nn.Dropout`` with p > 0, or a config whose
-    dropout rate (applied functionally) is above 0, in any submodule."""
+    """Whether train mode may change ``model``'s forward pass: an ``nn.Dropout`` with p > 0, or a dropout rate
+    above 0 on a layer or in a config (conservative: a config rate counts even when the layers were zeroed)."""
     for m in model.modules():
         if isinstance(m, nn.Dropout) and m.p > 0:
             return True
-        conf = getattr(m, "config", None)
-        if conf is not None and any(isinstance(getattr(conf, f, None), (int, float)) and getattr(conf, f) > 0
-                                    for f in DROPOUT_CONFIG_FIELDS):
-            return True
+        for owner in (m, getattr(m, "config", None)):
+            if owner is not None and any(_rate(getattr(owner, f, None)) > 0 for f in DROPOUT_RATE_FIELDS):
+                return True
     return False
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """Upstream RL turns dropout off (Llama has none; Galactica/OPT has 0.1)."""
+    """Dropout off in train mode: ``nn.Dropout`` modules and the rates layers apply functionally (Llama has
+    none; Galactica/OPT 0.1, applied through float layer attributes). The config is left as it was saved."""
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+        for f in DROPOUT_RATE_FIELDS:
+            if _rate(getattr(m, f, None)) > 0:
+                setattr(m, f, 0.0)
 
 
 class PolicyWithValue(nn.Module):
