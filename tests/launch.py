@@ -178,6 +178,17 @@ def run(argv: list[str], *, cwd: Path | str, env: dict[str, str] | None = None,
     return result
 
 
+def app_env(**extra: str) -> dict[str, str]:
+    """The environment the tests run the app in: offline (no hub, no W&B), the repository on PYTHONPATH."""
+    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                WANDB_MODE="disabled", PYTHONPATH=str(ROOT), **extra)
+
+
+def run_app(args: list[str], cwd: Path | str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """``python -m reft_exp.run ARGS`` in :func:`app_env` (plus ``env``), through :func:`run`."""
+    return run(["-m", "reft_exp.run", *args], cwd=cwd, env=app_env(**env), timeout=timeout)
+
+
 # ------------------------------------------------------------------------------------------------ the zygote
 def _write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp"

@@ -300,11 +300,7 @@ def test_hostile_corpus_is_contained_as_an_unprivileged_user(tmp_path: Path) -> 
 
 # -- strict fails at start, none runs and says so ------------------------------------------------------
 def run_app(args: list[str], cwd: Path, path_env: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               WANDB_MODE="disabled", PYTHONPATH=str(REPO_ROOT))
-    if path_env is not None:
-        env["PATH"] = path_env
-    return launch.run(["-m", "reft_exp.run", *args], cwd=cwd, env=env)  # tests/launch.py
+    return launch.run_app(args, cwd, **({} if path_env is None else {"PATH": path_env}))  # tests/launch.py
 
 
 def test_pcot_run_without_bwrap_fails_at_start_in_one_line(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ the preset) and a 2-cell multirun really runs in parallel worker processes with 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import launch
 import pytest
@@ -16,7 +14,6 @@ from omegaconf import OmegaConf, open_dict
 
 from reft_exp.config import validate
 
-ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["dataset.train_size=32", "dataset.test_size=8", "sft.epochs=1", "inference.max_new_tokens=8",
          "progress=false", "num_threads=1"]
 
@@ -69,11 +66,8 @@ def test_unknown_launcher_preset_fails(tmp_path):
 
 
 def test_joblib_multirun_two_cells_in_parallel(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    proc = launch.run(["-m", "reft_exp.run", "--multirun", "hydra/launcher=parallel", "seed=1,2",
-                       f"hydra.sweep.dir={tmp_path}/sweep", f"paths.results_dir={tmp_path}/results", *SMOKE],
-                      cwd=tmp_path, env=env)  # tests/launch.py
+    proc = launch.run_app(["--multirun", "hydra/launcher=parallel", "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep",
+                           f"paths.results_dir={tmp_path}/results", *SMOKE], tmp_path)  # tests/launch.py
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in out

@@ -160,11 +160,9 @@ def test_rollout_scored_by_the_sandbox_then_a_ppo_update_moves_the_policy(real):
 
 # ------------------------------------------------------------------------------------------ one-line errors
 def _app(*args: str, env_extra: dict | None = None, tmp_path=None) -> subprocess.CompletedProcess:
-    import os
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT), **(env_extra or {}))
-    return launch.run(["-m", "reft_exp.run", f"paths.results_dir={tmp_path}", "progress=false", *args], cwd=ROOT,
-                      env=env, timeout=300)  # tests/launch.py
+    return launch.run_app([f"paths.results_dir={tmp_path}", "progress=false", *args], ROOT, timeout=300,
+                          **(env_extra or {}))  # tests/launch.py
 
 
 def test_missing_wheel_or_gguf_package_is_one_line_naming_the_install(tmp_path, monkeypatch):

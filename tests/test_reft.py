@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import launch
-from test_run import ROOT, run_app
+from test_run import run_app
 
 from reft_exp.methods.reft import read_steps
 
@@ -56,7 +56,7 @@ def test_reft_killed_mid_run_resumes_to_the_same_result(tmp_path):
 
     resumed = tmp_path / "resumed"
     proc = launch.popen(["-m", "reft_exp.run", f"paths.results_dir={resumed}", *args], cwd=tmp_path,
-                        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=tmp_path / "killed.log")
+                        env=launch.app_env(), stdout=tmp_path / "killed.log")
     deadline = time.time() + 300
     progress = None
     while time.time() < deadline and proc.poll() is None:

@@ -20,8 +20,7 @@ from reft_exp.results import RECORD_VERSION, RecordError, read_record
 from reft_exp.runner import MANIFEST_FILE, STATE_DIR, GeneratorState, TrainState
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-           WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+ENV = launch.app_env()
 # A few seconds per run: tiny data, short generations, one thread per job (two jobs share two cores),
 # deterministic algorithms so that a resumed run can be compared with an uninterrupted one.
 TINY = ["dataset.train_size=64", "dataset.test_size=16", "inference.max_new_tokens=24", "progress=false",

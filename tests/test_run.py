@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
-import launch
 import pytest
+from launch import run_app
 
 ROOT = Path(__file__).resolve().parents[1]
 # A few seconds of work: tiny data, one epoch, short generations.
 QUICK = ["dataset.train_size=64", "dataset.test_size=16", "sft.epochs=1", "inference.max_new_tokens=24",
          "progress=false"]
-
-
-def run_app(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m reft_exp.run ARGS`` as a process (forked from the worker's zygote: tests/launch.py)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    return launch.run(["-m", "reft_exp.run", *args], cwd=cwd, env=env, timeout=timeout)
 
 
 def test_single_run_writes_a_complete_record(tmp_path):
