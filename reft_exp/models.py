@@ -9,11 +9,13 @@ safetensors + tokenizer files) and then loaded the same way (docs/real_model.md)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -129,14 +131,42 @@ def gguf_stage_key(cfg: GgufModelConfig, gguf_path: Path) -> dict:
             "transformers": transformers.__version__}
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers reads a GGUF file three times (config, tokenizer, weights: ``gguf.GGUFReader`` each time, a
+    field-by-field parse of the whole header) and rebuilds gguf's tensor-name map for every module it walks: within
+    one conversion both give the same result, so both are memoized (SmolLM2-135M: ~18 -> ~9 s). transformers
+    imports both names from ``gguf`` when it calls them, so the patch is seen; it is undone on exit."""
+    import gguf
+
+    reader_cls, name_map = getattr(gguf, "GGUFReader", None), getattr(gguf, "get_tensor_name_map", None)
+    if reader_cls is None or name_map is None:  # another gguf layout: nothing to memoize, same result
+        yield
+        return
+    readers: dict = {}
+
+    def reader(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = reader_cls(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_cls, name_map
+
+
 def convert_gguf_model(gguf_path: Path, folder: Path) -> dict:
     """Dequantize a GGUF model (transformers' GGUF loader) into a plain float32 HF folder.
 
     ``save_pretrained`` refuses the GGUF-loaded model itself (its config carries a GGUF quantization marker),
     so the weights go into a fresh model of the same class built from the config without that marker."""
     src_kwargs = {"gguf_file": gguf_path.name}
-    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **src_kwargs)
-    src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **src_kwargs)
+    with _gguf_parsed_once():
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **src_kwargs)
+        src = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **src_kwargs)
     conf = src.config.to_dict()
     conf.pop("quantization_config", None)
     conf.pop("_name_or_path", None)

@@ -66,3 +66,11 @@ def test_threads_benchmark_smoke() -> None:
     # the ratio column is each row's examples/s over the first thread count's (printed rounded: 0.1 and 0.01)
     ratio = float(rows[1][3].removesuffix("x"))
     assert ratio == pytest.approx(speed[1] / speed[0], abs=0.006 + 0.05 / speed[0] * (1 + ratio))
+
+
+def test_generation_batch_benchmark_smoke(tmp_path) -> None:
+    out = _script("generation_batch.py", "--results-dir", str(tmp_path), "--train-size", "64", "--test-size", "8",
+                  "--sft-epochs", "1", "--max-new-tokens", "12", "--sample-max-new-tokens", "12", "--samples", "2",
+                  "--greedy-batch", "8", "3", "--sample-batch", "4", "2", "--json", str(tmp_path / "g.json")).stdout
+    assert out.count("ratio old/new") == 3  # greedy without / with the header, sampling
+    assert (tmp_path / "g.json").exists()

@@ -66,6 +66,10 @@ def test_converted_folder_is_a_plain_hf_model_with_its_own_special_ids(real):
         "input_ids"]  # no BOS is added (model.add_special_tokens: false changes nothing)
     # a second job finds the stage complete and reuses it
     assert prepare_gguf_model(cfg.model, cfg.paths.cache_dir)[1] is True
+    # the conversion's memoized GGUF reader and name map (reft_exp.models._gguf_parsed_once) are undone after it
+    import gguf
+
+    assert isinstance(gguf.GGUFReader, type) and not hasattr(gguf.get_tensor_name_map, "cache_info")
 
 
 def test_tokenizer_round_trips_real_svamp_programs(real):

@@ -8,10 +8,10 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import launch
 import pytest
 
 from reft_exp import tables, tracking
@@ -26,8 +26,12 @@ SMOKE = ["dataset.train_size=32", "dataset.test_size=8", "sft.epochs=1", "infere
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    # wandb's folders (settings, cache, runs) in tmp_path; HOME is left as it is (the libraries read it at import:
+    # a changed HOME would start the app as a plain subprocess, not a fork of the worker's zygote, tests/launch.py)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONPATH=str(ROOT),
-               HOME=str(tmp_path), WANDB_DIR=str(tmp_path), WANDB_SILENT="true")  # no ~/.netrc key
+               WANDB_DIR=str(tmp_path), WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"),
+               WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"), WANDB_DATA_DIR=str(tmp_path / "wandb-data"),
+               WANDB_SILENT="true")
     env.update(extra)
     return env
 
@@ -45,10 +49,10 @@ def _fresh_wandb_per_test():
 
 def test_wandb_offline_run_of_a_smoke_cell_writes_its_run_folder(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [sys.executable, "-m", "reft_exp.run", "--multirun", "logger=wandb", "seed=3", "tag=v2",
+    proc = launch.run(
+        ["-m", "reft_exp.run", "--multirun", "logger=wandb", "seed=3", "tag=v2",
          f"hydra.sweep.dir={sweep}", f"paths.results_dir={tmp_path}/results", *SMOKE],
-        cwd=tmp_path, env=_env(tmp_path, WANDB_MODE="offline"), capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=_env(tmp_path, WANDB_MODE="offline"), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     (log_file,) = run_dir.glob("run-*.wandb")  # the run's transaction log: what `wandb sync` uploads
@@ -72,10 +76,10 @@ def test_without_wandb_package_the_grid_runs_and_says_so_once(tmp_path):
     # `import wandb` fails in the app's process, as on a machine without the package
     code = ("import sys, runpy; sys.modules['wandb'] = None; sys.argv = ['reft_exp.run'] + sys.argv[1:]; "
             "runpy.run_module('reft_exp.run', run_name='__main__')")
-    proc = subprocess.run(
-        [sys.executable, "-c", code, "--multirun", "logger=wandb", "seed=1,2",
+    proc = launch.run(
+        ["-c", code, "--multirun", "logger=wandb", "seed=1,2",
          f"hydra.sweep.dir={tmp_path}/sweep", f"paths.results_dir={tmp_path}/results", *SMOKE],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, env=_env(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.name for p in (tmp_path / "results" / "runs").glob("*.json"))
     assert runs == [f"tiny__arith__n__sft__greedy__seed{s}.json" for s in (1, 2)]
