@@ -21,7 +21,7 @@ from reft_exp.run import run_cell
 pytestmark = pytest.mark.slow
 
 SFT = ["cot=p", "dataset.train_size=2000", "dataset.test_size=200", "sft.epochs=4", "sft.train_epochs=2",
-       "sft.batch_size=8", "dataset.warmup_epoch.p=2", "progress=false"]
+       "sft.batch_size=8", "sft.eval_every_epochs=2", "dataset.warmup_epoch.p=2", "progress=false"]
 # ReFT from that warm-up with the tiny defaults (lambda 1, separate critic, lr 5e-5, beta 0.01) but 32 questions
 # a step: a pool of 128 training questions for 3 epochs (12 PPO steps, 384 samples), greedy test accuracy before
 # (epoch 0 = the warm-up) and after the last epoch. The training reward is compared per epoch, on the same 128
@@ -59,12 +59,12 @@ def test_sft_raises_greedy_accuracy_from_zero(sft_record, learning_results):
     with ProgramExecutor(timeout_s=5) as executor:
         before = greedy_eval(Accelerator(cpu=True), load_causal_lm(base, cfg.model), load_tokenizer(base, cfg.model),
                              test, AnswerSpec(cot="p"), max_new_tokens=64, batch_size=200, executor=executor)
-    accs = [e["test_accuracy"] for e in sft_record["epochs"]]
+    accs = [e.get("test_accuracy") for e in sft_record["epochs"]]  # evaluated at epoch 2 only (its warm-up)
     losses = [e["train_loss"] for e in sft_record["epochs"]]
     print(f"untrained {before.accuracy:.3f}; SFT per epoch {accs}; loss {losses}")
     assert before.accuracy <= 0.02
     assert [e["epoch"] for e in sft_record["epochs"]] == [1, 2]  # sft.train_epochs: 2 of the 4 epochs
-    assert sft_record["best_accuracy"] >= 0.45  # measured 0.515 (epoch 1: 0.045)
+    assert sft_record["best_accuracy"] >= 0.45  # measured 0.515 (epoch 1, when it was evaluated: 0.045)
     assert losses[-1] < 0.25 * losses[0]
 
 

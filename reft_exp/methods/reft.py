@@ -71,13 +71,15 @@ class ReFTTask(RLTask):
         self.policy, self.optimizer = acc.prepare(policy, optimizer)
         acc.gradient_accumulation_steps = 1  # one optimizer step per PPO epoch (backward() divides by this)
         self.ref = prepare_frozen(acc, ref)  # no optimizer state; a DeepSpeed inference engine under ZeRO-3
+        # the first PPO epoch's forward serves as the rollout's old log-probs / values pass unless dropout is on
+        self.reuse_first_forward = rc.ppo_epochs > 0 and not has_dropout(policy)
 
     def lm(self):
         return self.ctx.accelerator.unwrap_model(self.policy).lm
 
     def step(self, records: list[dict]) -> tuple[dict[str, float], bool]:
         return ppo_step(self.ctx, self.rc, self.policy, self.ref, self.optimizer, self.tokenizer, records,
-                        self.keep_rollouts), True
+                        self.keep_rollouts, self.reuse_first_forward), True
 
     def finish(self, out_dir: Path, progress) -> None:
         if self.ctx.accelerator.is_main_process and self.rc.save_best and (out_dir / "best").is_dir():
@@ -91,9 +93,10 @@ def train_reft(ctx: RunContext, rc: ReFTConfig, init_path: str, out_dir: Path) -
 
 
 def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer, records: list[dict],
-             on_rollout=None) -> dict:
+             on_rollout=None, reuse_first_forward: bool | None = None) -> dict:
     """One rollout batch and ``ppo_epochs`` PPO updates on it; returns scalar stats for logging.
-    ``on_rollout(ro)`` sees the scored rollout (the runner task keeps a few as outputs)."""
+    ``on_rollout(ro)`` sees the scored rollout (the runner task keeps a few as outputs);
+    ``reuse_first_forward``: as :func:`ppo_update` (the task decides it once)."""
     acc, cfg = ctx.accelerator, ctx.cfg
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -105,7 +108,7 @@ def ppo_step(ctx: RunContext, rc: ReFTConfig, policy, ref, optimizer, tokenizer,
     t2 = time.perf_counter()
     if on_rollout is not None:
         on_rollout(ro)
-    update = ppo_update(acc, rc, policy, ref, optimizer, ro)
+    update = ppo_update(acc, rc, policy, ref, optimizer, ro, reuse_first_forward)
     t3 = time.perf_counter()
     correct = [float(s == ctx.spec.correct_reward) for s in ro.scores.tolist()]
     return {"score": ro.scores.mean().item(), "correct": sum(correct) / len(correct), **update,
