@@ -21,14 +21,19 @@ def pytest_collection_modifyitems(config, items):
     """Long poles first: files holding a `slow` test (the learning tests, minutes each) are collected first, so
     that with `make test` (xdist --dist loadfile --no-loadscope-reorder) they start at once on their own worker
     while the other worker runs the many short files (xdist's default reorder, most tests per file first,
-    started the learning file last and made it the end of the run). Files marked `learning_tail` reuse the
-    learning tests' SFT run: they go half-way down the short files, late enough for that run to be done when
-    the other worker reaches them, early enough that they do not become the end of the run."""
+    started the learning file last and made it the end of the run). Among the short files, those marked `heavy`
+    (15-80 s each) come before the rest, so that the run ends on files of a few seconds and both workers finish
+    together (ending on a 30 s file left one worker idle for ~20 s). Files marked `learning_tail` (~3 minutes)
+    reuse the learning tests' SFT run: they go half-way down the heavy files (~2 minutes of work for the other
+    worker), late enough for that run to be done when that worker reaches them, early enough that they do not
+    become the end of the run (placed after all heavy files they ended it 80 s after the other worker)."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     tail_files = {item.path for item in items if item.get_closest_marker("learning_tail")}
-    short = {path: i for i, path in enumerate(dict.fromkeys(
-        item.path for item in items if item.path not in slow_files | tail_files))}
-    half = len(short) // 2
+    heavy_files = {item.path for item in items if item.get_closest_marker("heavy")}
+    short_paths = list(dict.fromkeys(item.path for item in items if item.path not in slow_files | tail_files))
+    short_paths.sort(key=lambda path: path not in heavy_files)  # stable: heavy first, each group as collected
+    short = {path: i for i, path in enumerate(short_paths)}
+    half = len(heavy_files - slow_files - tail_files) // 2 or len(short) // 2
 
     def rank(item) -> tuple[int, float]:
         if item.path in tail_files:

@@ -9,6 +9,8 @@ from pathlib import Path
 import launch
 import pytest
 
+pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("REFT_SHARED_DIR", REPO_ROOT.parent / "shared"))
 SVAMP_PROGRAMS = SHARED / "data" / "reft" / "svamp_python_sdp.json"

@@ -28,6 +28,8 @@ from reft_exp.rl.critic_free import (
     zero_variance_groups,
 )
 
+pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+
 # Three groups of G = 4 (a question's samples are adjacent rows): mixed rewards (1 correct, 0.1 extracted but
 # wrong, 0 nothing extracted), all correct, and a tie of two right / two wrong.
 SCORES = t([1.0, 0.0, 0.1, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0])

@@ -33,6 +33,8 @@ import pytest
 from reft_exp import _sandbox_worker
 from reft_exp.execute import ExecResult, ProgramExecutor, SandboxUnavailable, program_from_completion
 
+pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_DIR = Path(__file__).resolve().parent / "hostile"
 WORKER_SCRIPT = Path(_sandbox_worker.__file__).resolve()

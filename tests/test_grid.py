@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_run import ROOT, run_app
 
 from reft_exp.tables import build_table1, build_table2, load_records
+
+pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
 
 SMOKE_CELLS = {("sft", "greedy"), ("offline_st", "greedy"), ("online_st", "greedy"), ("reft", "greedy"),
                ("sft", "majority_vote"), ("sft", "rerank"), ("reft", "majority_vote"), ("reft", "rerank")}

@@ -19,6 +19,8 @@ import torch
 from reft_exp.results import RECORD_VERSION, RecordError, read_record
 from reft_exp.runner import MANIFEST_FILE, STATE_DIR, GeneratorState, TrainState
 
+pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = launch.app_env()
 # A few seconds per run: tiny data, short generations, one thread per job (two jobs share two cores),

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from launch import run_app
 
+pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 # A few seconds of work: tiny data, one epoch, short generations.
 QUICK = ["dataset.train_size=64", "dataset.test_size=16", "sft.epochs=1", "inference.max_new_tokens=24",

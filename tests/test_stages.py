@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_config
 
 from reft_exp.runner import read_steps
+
+pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
 
 # seconds per cell: a few dozen questions, short evaluations and rollouts
 QUICK = ["dataset.train_size=48", "dataset.test_size=12", "sft.epochs=1", "dataset.warmup_epoch.n=1",
