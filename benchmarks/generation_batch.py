@@ -93,18 +93,18 @@ def main() -> None:
     rows = []
     print(f"checkpoint {checkpoint}; {len(records)} test questions; {torch.get_num_threads()} thread(s)")
     generate_texts(model, tok, cases[0][1][:8], cases[0][2], 8)  # warm-up, untimed: first-call allocations
-    for name, prompts, decoding, (old_bs, new_bs) in cases:
-        t_old, out_old = timed_generate(model, tok, prompts, decoding, old_bs)
-        t_new, out_new = timed_generate(model, tok, prompts, decoding, new_bs)
-        with ProgramExecutor(timeout_s=5) as executor:
+    with ProgramExecutor(timeout_s=5) as executor:  # one sandbox scores every case (outside the timed calls)
+        for name, prompts, decoding, (old_bs, new_bs) in cases:
+            t_old, out_old = timed_generate(model, tok, prompts, decoding, old_bs)
+            t_new, out_new = timed_generate(model, tok, prompts, decoding, new_bs)
             acc = [sum(r["correct"] for r in score_completions(records, [o[0] for o in out], spec, executor))
                    / len(records) for out in (out_old, out_new)]
-        same = "identical outputs" if out_old == out_new else "outputs differ (sampled)"
-        rows.append({"case": name, "old_batch": old_bs, "new_batch": new_bs, "old_s": round(t_old, 2),
-                     "new_s": round(t_new, 2), "ratio_old_over_new": round(t_old / t_new, 2),
-                     "first_answer_accuracy": [round(a, 3) for a in acc], "identical": out_old == out_new})
-        print(f"{name}: batch {old_bs} {t_old:.1f} s, batch {new_bs} {t_new:.1f} s, ratio old/new "
-              f"{t_old / t_new:.2f}x; {same}; accuracy of the first answer {acc[0]:.3f} / {acc[1]:.3f}", flush=True)
+            same = "identical outputs" if out_old == out_new else "outputs differ (sampled)"
+            rows.append({"case": name, "old_batch": old_bs, "new_batch": new_bs, "old_s": round(t_old, 2),
+                         "new_s": round(t_new, 2), "ratio_old_over_new": round(t_old / t_new, 2),
+                         "first_answer_accuracy": [round(a, 3) for a in acc], "identical": out_old == out_new})
+            print(f"{name}: batch {old_bs} {t_old:.1f} s, batch {new_bs} {t_new:.1f} s, ratio old/new "
+                  f"{t_old / t_new:.2f}x; {same}; accuracy of the first answer {acc[0]:.3f} / {acc[1]:.3f}", flush=True)
     if args.json:
         write_json(args.json, {"checkpoint": str(checkpoint), "rows": rows})
 
