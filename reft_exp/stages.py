@@ -132,6 +132,9 @@ def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any
     script does at its start (``set_seed(args['seed'] + accelerator.process_index)``, train_sft_model.py:386,
     train_rl_reft.py:763, train_rl_sl.py:557, train_sl_model.py:426, train_reward_model.py:318), so a stage's
     numbers do not depend on what the process ran before it (e.g. an SFT run computed or read from the cache).
+    Seeded or not, after ``compute`` every RNG is put back as it was, so a stage computed inside another one's
+    ``compute`` (the reranker's training samples, which seed their own draws) leaves the outer stage's draws
+    as they are when that stage is read from the cache instead.
 
     The main process holds the stage's file lock for the whole computation, so another job needing the
     same stage waits and then reuses it. Every process runs ``compute`` (training is collective); the
@@ -154,11 +157,12 @@ def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any
         folder = stage.prepare() if main else stage.dir
         if multi:
             accelerator.wait_for_everyone()
-        if seed is not None:
-            from reft_exp.utils import seed_everything
+        from reft_exp.utils import preserved_rng, seed_everything
 
-            seed_everything(seed + (accelerator.process_index if accelerator is not None else 0))
-        meta = compute(folder)
+        with preserved_rng():
+            if seed is not None:
+                seed_everything(seed + (accelerator.process_index if accelerator is not None else 0))
+            meta = compute(folder)
         if multi:
             accelerator.wait_for_everyone()
         if main:

@@ -47,6 +47,21 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run the block, then put every RNG back as it was (Python's, NumPy's, torch's on the CPU and on each
+    visible GPU): a stage computed inside another one seeds and draws without changing what its caller draws
+    next, so the caller's numbers are the same whether that stage was computed or read from the cache."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 class StageTimer:
     """Accumulates wall time per named stage: ``with timer("sft"): ...``; ``timer.seconds`` is a dict."""
 

@@ -17,32 +17,39 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+def _seconds(item) -> float:
+    marker = item.get_closest_marker("seconds")
+    return float(marker.args[0]) if marker else 0.0
+
+
 def pytest_collection_modifyitems(config, items):
-    """Long poles first: files holding a `slow` test (the learning tests, minutes each) are collected first, so
-    that with `make test` (xdist --dist loadfile --no-loadscope-reorder) they start at once on their own worker
-    while the other worker runs the many short files (xdist's default reorder, most tests per file first,
-    started the learning file last and made it the end of the run). Among the short files, those marked `heavy`
-    (15-80 s each) come before the rest, so that the run ends on files of a few seconds and both workers finish
-    together (ending on a 30 s file left one worker idle for ~20 s). Files marked `learning_tail` (~3 minutes)
-    reuse the learning tests' SFT run: they go half-way down the heavy files (~2 minutes of work for the other
-    worker), late enough for that run to be done when that worker reaches them, early enough that they do not
-    become the end of the run (placed after all heavy files they ended it 80 s after the other worker)."""
+    """Long files first, so that `make test` (xdist --dist loadfile --no-loadscope-reorder, two workers) ends on
+    files of a few seconds and both workers finish together. Each file of 8 s or more carries its measured time
+    in `make test` (`pytest.mark.seconds(n)`); files without it take about a second.
+
+    The order: files holding a `slow` test, longest first (the learning tests' file, whose SFT run the
+    `learning_tail` files reuse, starts at once on one worker while the other runs the real model and the
+    reliability files); then the other files longest first, the `learning_tail` files right after the first
+    of them, when the other worker has worked ~2 minutes and that SFT run (~100 s) is done (had it not, the
+    stage lock would make them wait for it, not train it twice).
+
+    Why this order: xdist hands a worker its next file when the worker starts the last test of its current one,
+    so a long last test (the learning file's ReFT test, 70 s) commits the next file long before it runs. A
+    simulation of that rule over the measured per-test times (docs/decisions.md, 2026-12-01) put this order at
+    ~390 s for 775 s of work, within 2 s of the best order a search found, with per-test times jittered +-15%;
+    the previous marker order gave 402 s on average and 415 s in the run measured."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     tail_files = {item.path for item in items if item.get_closest_marker("learning_tail")}
-    heavy_files = {item.path for item in items if item.get_closest_marker("heavy")}
-    short_paths = list(dict.fromkeys(item.path for item in items if item.path not in slow_files | tail_files))
-    short_paths.sort(key=lambda path: path not in heavy_files)  # stable: heavy first, each group as collected
-    short = {path: i for i, path in enumerate(short_paths)}
-    half = len(heavy_files - slow_files - tail_files) // 2 or len(short) // 2
-
-    def rank(item) -> tuple[int, float]:
-        if item.path in tail_files:
-            return 1, half - 0.5
-        if item.path in slow_files:
-            return 0, 0
-        return 1, short[item.path]
-
-    items.sort(key=rank)  # stable: the order of tests within a file is kept
+    seconds = {}
+    for item in items:
+        seconds[item.path] = max(seconds.get(item.path, 0.0), _seconds(item))
+    files = list(seconds)  # collection order, kept among equal times (sorts are stable)
+    by_time = sorted(files, key=lambda path: -seconds[path])
+    first = [path for path in by_time if path in slow_files - tail_files]
+    rest = [path for path in by_time if path not in slow_files and path not in tail_files]
+    tails = [path for path in by_time if path in tail_files]
+    order = {path: i for i, path in enumerate(first + rest[:1] + tails + rest[1:])}
+    items.sort(key=lambda item: order[item.path])  # stable: the order of tests within a file is kept
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from reft_exp.rl.critic_free import (
     zero_variance_groups,
 )
 
-pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+pytestmark = pytest.mark.seconds(23)  # its measured time in `make test`: orders the collection (conftest)
 
 # Three groups of G = 4 (a question's samples are adjacent rows): mixed rewards (1 correct, 0.1 extracted but
 # wrong, 0 nothing extracted), all correct, and a tie of two right / two wrong.

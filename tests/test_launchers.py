@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, open_dict
 
 from reft_exp.config import validate
 
-pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+pytestmark = pytest.mark.seconds(16)  # its measured time in `make test`: orders the collection (conftest)
 
 SMOKE = ["dataset.train_size=32", "dataset.test_size=8", "sft.epochs=1", "inference.max_new_tokens=8",
          "progress=false", "num_threads=1"]

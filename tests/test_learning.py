@@ -18,7 +18,7 @@ from conftest import run_config
 from reft_exp.methods.reft import read_steps
 from reft_exp.run import run_cell
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.seconds(170)]  # measured in `make test` (conftest)
 
 SFT = ["cot=p", "dataset.train_size=2000", "dataset.test_size=200", "sft.epochs=4", "sft.train_epochs=2",
        "sft.batch_size=8", "sft.eval_every_epochs=2", "dataset.warmup_epoch.p=2", "progress=false"]

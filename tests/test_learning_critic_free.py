@@ -17,7 +17,7 @@ from test_learning import SFT, correct_per_epoch
 from reft_exp.run import run_cell
 from reft_exp.runner import read_steps
 
-pytestmark = [pytest.mark.slow, pytest.mark.learning_tail]  # reuses test_learning.py's SFT run: see conftest
+pytestmark = [pytest.mark.slow, pytest.mark.learning_tail, pytest.mark.seconds(110)]  # reuses test_learning.py's SFT run
 
 # A pool of 32 training questions, 3 epochs of 4 steps (8 questions x G 8 = 64 samples a step, 768 in all),
 # greedy evaluation only at the start (the warm-up) and the end. The fraction of correct samples is compared

@@ -14,7 +14,7 @@ from test_learning import SFT
 
 from reft_exp.run import run_cell
 
-pytestmark = [pytest.mark.slow, pytest.mark.learning_tail]
+pytestmark = [pytest.mark.slow, pytest.mark.learning_tail, pytest.mark.seconds(73)]
 
 # The reranker is trained on the warm-up's samples of 400 training questions (a quarter of them held out)
 # and must rank held-out samples better than chance. Measured on this SFT run (seed 42): held-out AUC 0.671 on

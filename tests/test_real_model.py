@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import ROOT, SHARED_DIR
 
-pytestmark = pytest.mark.slow  # ~1 minute: collected first by conftest (long poles first)
+pytestmark = [pytest.mark.slow, pytest.mark.seconds(50)]  # measured in `make test`: collected first (conftest)
 
 DATA_DIR = SHARED_DIR / "data" / "reft"
 N_SFT, N_ROLLOUT = 2, 2  # fixed SFT batch, rollout questions

@@ -14,7 +14,7 @@ from test_run import run_app
 
 from reft_exp.methods.reft import read_steps
 
-pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+pytestmark = pytest.mark.seconds(68)  # its measured time in `make test`: orders the collection (conftest)
 
 QUICK = ["dataset.train_size=96", "dataset.test_size=16", "sft.epochs=2", "dataset.warmup_epoch.n=1",
          "inference.max_new_tokens=24", "sft.eval_max_length=112", "method.eval_max_length=112", "method=reft", "method.batch_size=16", "method.max_length=120",

@@ -19,7 +19,7 @@ import torch
 from reft_exp.results import RECORD_VERSION, RecordError, read_record
 from reft_exp.runner import MANIFEST_FILE, STATE_DIR, GeneratorState, TrainState
 
-pytestmark = pytest.mark.heavy  # 15-80 s: collected before the other short files (conftest)
+pytestmark = pytest.mark.seconds(41)  # its measured time in `make test`: orders the collection (conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = launch.app_env()

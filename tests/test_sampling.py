@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_config
 
 from reft_exp import sampling
@@ -13,6 +14,8 @@ from reft_exp.config import OfflineSTConfig
 from reft_exp.inference.rerank import heldout_split, rerank_accuracy, reranker_examples
 from reft_exp.methods.offline_st import offline_records
 from reft_exp.sampling import SampleSet, read_samples
+
+pytestmark = pytest.mark.seconds(8)  # its measured time in `make test`: orders the collection (conftest)
 
 
 def _s(text, pred, correct):

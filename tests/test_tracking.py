@@ -18,6 +18,8 @@ from reft_exp import tables, tracking
 from reft_exp.config import LoggerConfig
 from reft_exp.results import write_record
 
+pytestmark = pytest.mark.seconds(10)  # its measured time in `make test`: orders the collection (conftest)
+
 ROOT = Path(__file__).resolve().parents[1]
 # a few seconds of work per cell
 SMOKE = ["dataset.train_size=32", "dataset.test_size=8", "sft.epochs=1", "inference.max_new_tokens=8",
