@@ -49,11 +49,14 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
-    """Run the block, then put every RNG back as it was (Python's, NumPy's, torch's on the CPU and on each
-    visible GPU): a stage computed inside another one seeds and draws without changing what its caller draws
-    next, so the caller's numbers are the same whether that stage was computed or read from the cache."""
+    """Run the block, then put every RNG back as it was (Python's, NumPy's, torch's on the CPU and on this
+    process's GPU): a stage computed inside another one seeds and draws without changing what its caller draws
+    next, so the caller's numbers are the same whether that stage was computed or read from the cache. Only the
+    current GPU: reading another device's state would open a CUDA context there from every process of a
+    multi-GPU run (each process draws on its own device)."""
     py_state, np_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = [torch.cuda.current_device()] if cuda else []
     try:
         with torch.random.fork_rng(devices=devices):
             yield
