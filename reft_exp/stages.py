@@ -16,7 +16,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from reft_exp.utils import atomic_write_json
+from reft_exp.utils import atomic_write_json, preserved_rng, seed_everything
 
 log = logging.getLogger(__name__)
 DONE_MARKER = "STAGE_DONE.json"
@@ -157,8 +157,6 @@ def run_stage(stage: Stage, accelerator, compute: Callable[[Path], dict[str, Any
         folder = stage.prepare() if main else stage.dir
         if multi:
             accelerator.wait_for_everyone()
-        from reft_exp.utils import preserved_rng, seed_everything
-
         with preserved_rng():
             if seed is not None:
                 seed_everything(seed + (accelerator.process_index if accelerator is not None else 0))
