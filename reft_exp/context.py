@@ -101,3 +101,12 @@ class RunContext:
             reused = run_stage(stage, self.accelerator, build)
         self.note_stage(stage, reused)
         return str(stage.dir)
+
+    @cached_property
+    def base_model_key(self) -> str:
+        """What stands for the base model in the keys of the stages trained from it: the hub id or folder the
+        config names, or, for a model built or converted into the cache, its stage folder's name (label-hash),
+        not its path, so that a results folder keeps its cache when it moves or is named another way
+        (``REFT_RESULTS_DIR`` relative or absolute, copied to a shared filesystem)."""
+        path = self.base_model_path
+        return path if isinstance(self.cfg.model, HubModelConfig) else Path(path).name

@@ -49,6 +49,23 @@ def test_sft_key_holds_what_sft_reads_and_nothing_else(tmp_path):
         assert (h, t) == (base, tiny), same
 
 
+def test_a_results_folder_keeps_its_cache_when_it_moves(tmp_path):
+    """Stage keys name the cached base model by its stage (label-hash), not by its path: a results folder
+    copied elsewhere (a shared filesystem, REFT_RESULTS_DIR written another way) reuses its SFT run."""
+    import shutil
+
+    from reft_exp.run import run_cell
+
+    first = run_cell(run_config(QUICK, tmp_path / "here" / "results"))
+    moved = tmp_path / "there" / "results"
+    shutil.move(tmp_path / "here" / "results", moved)
+    again = run_cell(run_config([*QUICK, "overwrite=true"], moved))
+    assert first["stages"]["sft"]["reused"] is False
+    assert again["stages"]["tiny_model"]["reused"] is True and again["stages"]["sft"]["reused"] is True
+    assert again["stages"]["sft"]["hash"] == first["stages"]["sft"]["hash"]
+    assert again["accuracy"] == first["accuracy"]
+
+
 def test_changing_the_warmup_epoch_reuses_the_sft_run_and_the_tiny_model(tmp_path):
     from reft_exp.run import run_cell
 

@@ -58,7 +58,7 @@ def offline_st_stage(ctx: RunContext) -> tuple[Stage, dict]:
     sft, _ = sft_stage(ctx)
     warmup = sft_checkpoint(ctx, sft, "warmup")
     recipe = replace(cfg.sft, epochs=oc.epochs, train_epochs=None, eval_every_steps=oc.eval_every_steps)
-    upstream = {"samples": samples_stage_of(ctx, warmup, "train", oc.sampling).hash, "base": ctx.base_model_path}
+    upstream = {"samples": samples_stage_of(ctx, warmup, "train", oc.sampling).hash, "base": ctx.base_model_key}
 
     def compute(folder: Path) -> dict:  # the samples are drawn (or read) only when this stage is computed
         samples = sample_stage(ctx, warmup, "train", oc.sampling)

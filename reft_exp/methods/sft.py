@@ -138,7 +138,7 @@ def sft_stage(ctx: RunContext) -> tuple[Stage, dict]:
 
 
 def sft_upstream(ctx: RunContext) -> dict[str, str]:
-    return {"base": ctx.base_model_path}
+    return {"base": ctx.base_model_key}
 
 
 def sft_stage_of(ctx: RunContext) -> Stage:
