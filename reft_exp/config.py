@@ -117,6 +117,9 @@ class ArithDatasetConfig(DatasetConfig):
     max_operand: int = 9  # largest number added/removed/multiplied per step
     distractor_prob: float = 0.3
     max_answer: int = 200  # problems whose intermediate values leave [0, max_answer] are redrawn
+    # P-CoT: the forms a record's program is written in, one drawn per record (several valid programs per
+    # question, the annotation shows one): stepwise | declare_first | one_expression (reft_exp/data/arith.py)
+    program_forms: list[str] = field(default_factory=lambda: ["stepwise"])
 
 
 @dataclass

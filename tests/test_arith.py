@@ -63,3 +63,35 @@ def test_prompt_format_matches_upstream():
     assert build_prompt("Q?", "p", with_header=True) == 'Question:\nQ?\nAnswer reasoning:\ndef solution():\n    """Q?"""\n'
     rec = {"answer_cot": "2 + 2 = 4.", "answer_value": "4"}
     assert build_target(rec, "n") == "2 + 2 = 4.\nTherefore, the answer is: 4"
+
+
+def test_program_forms_give_several_valid_programs_per_kind_of_question():
+    """With several forms each record's program takes one of them and every one returns the gold answer; the
+    N-CoT file of the same draw has the same questions (the form is drawn whatever the CoT style)."""
+    forms = ["stepwise", "declare_first", "one_expression"]
+    mixed = generate_arith(3, 600, 0, "p", max_steps=3, program_forms=forms)["train"]
+    seen = Counter()
+    for r in mixed:
+        ns: dict = {}
+        exec(r["answer_cot"], ns)  # our own generated programs, not model output
+        assert ns["solution"]() == int(r["answer_value"])
+        lines = r["answer_cot"].split('"""\n', 1)[1].splitlines()
+        steps = [i for i, line in enumerate(lines) if "_after_step_" in line.split(" = ")[0]]
+        if not steps:
+            seen["one_expression"] += 1
+            assert lines[-2].startswith("    result = ") and lines[-2].count(" = ") == 1
+        elif len(steps) == 1:
+            seen["one step"] += 1  # stepwise and declare_first coincide
+        else:
+            seen["stepwise" if steps[0] == 2 else "declare_first"] += 1
+    assert all(seen[f] > 60 for f in [*forms, "one step"]), seen
+    ncot = generate_arith(3, 600, 0, "n", max_steps=3, program_forms=forms)["train"]
+    assert [r["question"] for r in ncot] == [r["question"] for r in mixed]
+    assert [r["answer_value"] for r in ncot] == [r["answer_value"] for r in mixed]
+
+
+def test_unknown_program_form_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="program_forms"):
+        generate_arith(3, 10, 0, "p", program_forms=["stepwise", "one_line"])

@@ -13,7 +13,7 @@ def load_splits(ds: DatasetConfig, cot: str) -> dict[str, list[dict]]:
         splits = generate_arith(
             ds.seed, ds.train_size, ds.test_size, cot, min_steps=ds.min_steps, max_steps=ds.max_steps,
             max_start=ds.max_start, max_operand=ds.max_operand, distractor_prob=ds.distractor_prob,
-            max_answer=ds.max_answer,
+            max_answer=ds.max_answer, program_forms=list(ds.program_forms),
         )
     elif isinstance(ds, UpstreamDatasetConfig):
         from reft_exp.data.upstream import load_upstream

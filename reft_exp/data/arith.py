@@ -7,6 +7,11 @@ record has both annotations in the upstream schema (``item_id``, ``question``, `
 and a P-CoT (a ``def solution():`` program whose docstring is the question, as upstream's
 ``*_python_sdp.json``). Generation is deterministic given the seed; train and test are disjoint by
 question text.
+
+``program_forms`` lets one question have several valid programs while its annotation shows one: each record's
+program is written in one of the listed forms, drawn per record (``stepwise``: each step's operand then its
+result; ``declare_first``: every quantity first, then the steps; ``one_expression``: every quantity first, then
+one expression). The default, ``("stepwise",)``, draws nothing, so its records are those of earlier versions.
 """
 
 from __future__ import annotations
@@ -64,15 +69,44 @@ def _step_phrasings(rng: random.Random, op: str, name: str, pron: str, item: str
     return options[rng.randrange(len(options))]
 
 
+PROGRAM_FORMS = ("stepwise", "declare_first", "one_expression")
+
+
+def _program_body(form: str, start: tuple[str, int], steps: list[tuple[str, int, str, str]]) -> list[str]:
+    """The lines of ``solution()`` after its docstring, up to ``result = ...``. ``start``: (variable, value);
+    ``steps``: (operand variable, operand, operator, result variable) per step."""
+    start_var, start_value = start
+    operands = [f"    {var} = {k}" for var, k, _, _ in steps]
+    computed, prev = [], start_var
+    for var, _, symbol, res_var in steps:
+        computed.append(f"    {res_var} = {prev} {symbol} {var}")
+        prev = res_var
+    head = [f"    {start_var} = {start_value}"]
+    if form == "stepwise":
+        return head + [line for pair in zip(operands, computed) for line in pair] + [f"    result = {prev}"]
+    if form == "declare_first":
+        return head + operands + computed + [f"    result = {prev}"]
+    expr = start_var
+    for i, (var, _, symbol, _) in enumerate(steps):
+        expr = f"({expr} {symbol} {var})" if i < len(steps) - 1 else f"{expr} {symbol} {var}"
+    return head + operands + [f"    result = {expr}"]
+
+
 class ArithGenerator:
     """Draws problems from a seeded RNG. ``max_answer`` bounds every intermediate value."""
 
     def __init__(self, seed: int, min_steps: int = 1, max_steps: int = 3, max_start: int = 20,
-                 max_operand: int = 9, distractor_prob: float = 0.3, max_answer: int = 200):
+                 max_operand: int = 9, distractor_prob: float = 0.3, max_answer: int = 200,
+                 program_forms: tuple[str, ...] | list[str] = ("stepwise",)):
+        unknown = [f for f in program_forms if f not in PROGRAM_FORMS]
+        if unknown or not program_forms:
+            raise ValueError(f"arith: program_forms must be a non-empty list of {list(PROGRAM_FORMS)}, "
+                             f"got {list(program_forms)}")
         self.rng = random.Random(seed)
         self.min_steps, self.max_steps = min_steps, max_steps
         self.max_start, self.max_operand = max_start, max_operand
         self.distractor_prob, self.max_answer = distractor_prob, max_answer
+        self.program_forms = list(program_forms)
 
     def _draw_ops(self, start: int, n_steps: int) -> list[tuple[str, int, int]] | None:
         rng, value, ops = self.rng, start, []
@@ -113,9 +147,9 @@ class ArithGenerator:
                 break
         sentences = [f"{name} has {start} {item}."]
         cot = [f"{name} starts with {start}."]
-        code = [f"    {item}_start = {start}"]
-        prev_var, prev = f"{item}_start", start
-        used_vars = {prev_var}
+        steps: list[tuple[str, int, str, str]] = []
+        prev = start
+        used_vars = {f"{item}_start"}
         for i, (op, k, new) in enumerate(ops):
             q_sent, cot_sent, var = _step_phrasings(rng, op, name, pron, item, k)
             if rng.random() < self.distractor_prob:
@@ -126,19 +160,20 @@ class ArithGenerator:
             while var in used_vars:
                 var = f"{var}_{i + 1}"
             used_vars.add(var)
-            res_var = f"{item}_after_step_{i + 1}"
             symbol = {"add": "+", "sub": "-", "mul": "*", "div": "//"}[op]
-            code.append(f"    {var} = {k}")
-            code.append(f"    {res_var} = {prev_var} {symbol} {var}")
-            prev_var, prev = res_var, new
+            steps.append((var, k, symbol, f"{item}_after_step_{i + 1}"))
+            prev = new
         question_form = rng.choice([
             f"How many {item} does {name} have now?",
             f"How many {item} does {pron} have in the end?",
             f"How many {item} does {name} have left?",
         ])
         question = " ".join(sentences + [question_form])
-        program = "def solution():\n" + f'    """{question}"""\n' + "\n".join(code)
-        program += f"\n    result = {prev_var}\n    return result"
+        # one form per record, drawn only when there is a choice (the default stream is unchanged)
+        form = self.program_forms[rng.randrange(len(self.program_forms))] if len(self.program_forms) > 1 \
+            else self.program_forms[0]
+        code = _program_body(form, (f"{item}_start", start), steps)
+        program = "def solution():\n" + f'    """{question}"""\n' + "\n".join(code) + "\n    return result"
         return {"question": question, "answer_cot_n": " ".join(cot), "answer_cot_p": program,
                 "answer_value": str(prev)}
 
