@@ -11,7 +11,14 @@ from conftest import run_config
 from reft_exp import sampling
 from reft_exp.answers import AnswerSpec
 from reft_exp.config import OfflineSTConfig
-from reft_exp.inference.rerank import heldout_split, rerank_accuracy, reranker_examples
+from reft_exp.inference.rerank import (
+    heldout_split,
+    rerank_accuracy,
+    reranker_examples,
+    roc_auc,
+    uniform_pick_accuracy,
+    within_question_auc,
+)
 from reft_exp.methods.offline_st import offline_records
 from reft_exp.sampling import SampleSet, read_samples
 
@@ -76,6 +83,32 @@ def test_rerank_picks_the_highest_scored_valid_candidate():
     assert rerank_accuracy(samples, scores) == 1 / 3
     scores[0] = [0.9, 0.2, None, 0.9, None]  # tie between two right answers: the first wins, still right
     assert rerank_accuracy(samples, scores) == 2 / 3
+
+
+def test_a_uniform_pick_among_unique_valid_candidates_is_the_rerankers_floor():
+    samples = SampleSet(stage=None, rows=ROWS)  # type: ignore[arg-type]
+    # the slots of test_candidates: unique texts with a valid answer (q1: a=5, b=4, c=5; q2: x=1, y=1, w=7)
+    slots = [(0, 0), (0, 1), (0, 3), (1, 0), (1, 1), (1, 3)]
+    # q1: 2 of 3 unique candidates right, q2: 1 of 3, q3: none -> (2/3 + 1/3 + 0) / 3, below the random
+    # sample's (3/5 + 1/4 + 0) / 3 because q1's right "a=5" was drawn twice and counts once
+    assert abs(uniform_pick_accuracy(samples, slots) - 1 / 3) < 1e-12
+    scores = [[0.2, 0.9, None, 0.5, None], [0.1, 0.3, None, 0.8], [None, None]]
+    assert rerank_accuracy(samples, scores) == 1 / 3  # this reranker is no better than knowing nothing
+
+
+def test_within_question_auc_ignores_telling_easy_questions_from_hard_ones():
+    # every sample of the hard question scores below every sample of the easy one: the pooled AUC is high, yet
+    # within each question the right and wrong candidates are ranked at random (ties)
+    probs = [0.9, 0.9, 0.9, 0.2, 0.2, 0.2]
+    labels = [1, 1, 0, 1, 0, 0]
+    groups = ["easy"] * 3 + ["hard"] * 3
+    assert roc_auc(probs, labels) == 6 / 9  # > 0.5 from the questions' difficulty alone
+    assert within_question_auc(probs, labels, groups) == 0.5
+    # a ranker that orders each question's candidates right: 1.0 within, whatever the levels
+    assert within_question_auc([0.9, 0.95, 0.8, 0.3, 0.1, 0.2], labels, groups) == 1.0
+    # a question with one class carries no ranking: left out; none left -> None
+    assert within_question_auc([0.4, 0.9, 0.1], [1, 1, 0], ["a", "b", "b"]) == 1.0
+    assert within_question_auc([0.4, 0.9], [1, 1], ["a", "b"]) is None
 
 
 def test_vote_stats_on_constructed_samples():
@@ -149,8 +182,6 @@ def test_samples_are_drawn_once_and_reused_by_every_consumer(tmp_path, monkeypat
 
 
 def test_roc_auc_by_hand():
-    from reft_exp.inference.rerank import roc_auc
-
     assert roc_auc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
     assert roc_auc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
     # pairs (pos, neg): (0.6, 0.5) win, (0.6, 0.6) tie = 1/2, (0.3, 0.5) loss, (0.3, 0.6) loss -> 1.5 / 4

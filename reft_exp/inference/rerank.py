@@ -137,6 +137,20 @@ def roc_auc(probs: Sequence[float], labels: Sequence[int]) -> float | None:
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
+def within_question_auc(probs: Sequence[float], labels: Sequence[int], groups: Sequence[str]) -> float | None:
+    """Mean over the questions that have both a correct and a wrong candidate of :func:`roc_auc` within the
+    question: how well the scores rank one question's candidates, which is all reranking uses. A pooled AUC
+    also rewards telling easy questions from hard ones (every sample of a hard question scored low), which
+    picks nothing. None when no question has both classes."""
+    by_group: dict[str, tuple[list[float], list[int]]] = {}
+    for p, y, g in zip(probs, labels, groups):
+        by_group.setdefault(g, ([], []))
+        by_group[g][0].append(p)
+        by_group[g][1].append(y)
+    aucs = [a for a in (roc_auc(ps, ys) for ps, ys in by_group.values()) if a is not None]
+    return sum(aucs) / len(aucs) if aucs else None
+
+
 def heldout_split(examples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out ``fraction`` of the QUESTIONS (all their samples), chosen by a seeded permutation."""
     ids = sorted({e["item_id"] for e in examples}, key=str)
@@ -188,17 +202,22 @@ class RerankerTask(Task):
 
     def heldout_metrics(self) -> dict:
         if not self.held:
-            return {"heldout_accuracy": None, "heldout_auc": None}
+            return {"heldout_accuracy": None, "heldout_auc": None, "heldout_auc_within": None}
         probs = p_correct(self.ctx, self.ctx.accelerator.unwrap_model(self.model), self.collate,
                           [e["text"] for e in self.held], self.rr.eval_batch_size, "reranker held-out")
         labels = [e["label"] for e in self.held]
         return {"heldout_accuracy": sum((p >= 0.5) == bool(y) for p, y in zip(probs, labels)) / len(self.held),
-                "heldout_auc": roc_auc(probs, labels)}
+                "heldout_auc": roc_auc(probs, labels),
+                "heldout_auc_within": within_question_auc(probs, labels, [e["item_id"] for e in self.held])}
 
     def epoch_summary(self, stats: list[dict[str, float]], seconds: float) -> dict:
         row = {"train_loss": sum(s["loss"] for s in stats) / max(len(stats), 1)} | self.heldout_metrics()
-        log.info("reranker: loss %.4f held-out accuracy %s (majority class %.4f), AUC %s", row["train_loss"],
-                 row["heldout_accuracy"], max(self.positive, 1 - self.positive), row["heldout_auc"])
+        if self.held:
+            log.info("reranker: loss %.4f held-out accuracy %.4f (majority class %.4f), AUC %s pooled, %s within "
+                     "a question (0.5 = chance)", row["train_loss"], row["heldout_accuracy"],
+                     max(self.positive, 1 - self.positive), _fmt(row["heldout_auc"]), _fmt(row["heldout_auc_within"]))
+        else:
+            log.info("reranker: loss %.4f (no held-out questions: heldout_fraction 0, as upstream)", row["train_loss"])
         return row
 
     def evaluate(self) -> dict[str, float]:
@@ -233,7 +252,8 @@ def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples
     last = out["epochs"][-1]
     return selection | {"epochs": out["epochs"], "train_examples": len(task.train),
                         "heldout_examples": len(task.held), "heldout_accuracy": last["heldout_accuracy"],
-                        "heldout_auc": last["heldout_auc"], "heldout_chance": max(task.positive, 1 - task.positive),
+                        "heldout_auc": last["heldout_auc"], "heldout_auc_within": last.get("heldout_auc_within"),
+                        "heldout_chance": max(task.positive, 1 - task.positive),
                         "train_positive_rate": sum(e["label"] for e in task.train) / max(len(task.train), 1)}
 
 
@@ -322,6 +342,20 @@ def rerank_scores(ctx: RunContext, stage: Stage, samples: SampleSet) -> list[lis
     return scores
 
 
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def uniform_pick_accuracy(samples: SampleSet, slots: list[tuple[int, int]]) -> float:
+    """The expected accuracy of a pick made uniformly among each question's unique valid candidates (the
+    ``slots`` of :func:`test_candidates`): a reranker that knows nothing. Below a random sample when right
+    answers repeat more than wrong ones, since a unique candidate counts once however often it was drawn."""
+    per_row: dict[int, list[bool]] = {}
+    for i, j in slots:
+        per_row.setdefault(i, []).append(bool(samples.rows[i]["samples"][j]["correct"]))
+    return sum(sum(c) / len(c) for c in per_row.values()) / max(len(samples.rows), 1)
+
+
 def rerank_accuracy(samples: SampleSet, scores: list[list[float | None]]) -> float:
     """Per question, the candidate with the highest P(correct) (first on ties); no candidate = wrong."""
     ok = 0
@@ -341,15 +375,17 @@ def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
     else:
         accuracy = final_accuracy = rerank_accuracy(samples, rerank_scores(ctx, stage, samples))
     stats = vote_stats(ctx, samples)
-    log.info("rerank: accuracy %.4f (%s; final model %.4f; vote %.4f, upper bound %.4f, greedy %.4f)", accuracy,
-             rr.selection, final_accuracy, stats["vote_accuracy"], stats["upper_bound"],
-             method_out["train"]["best_accuracy"])
-    return {"name": "rerank", "accuracy": accuracy, "selection": rr.selection,
+    uniform = uniform_pick_accuracy(samples, test_candidates(ctx, samples)[0])
+    log.info("rerank: accuracy %.4f (%s; final model %.4f; a uniform pick among the same candidates %.4f; vote "
+             "%.4f, upper bound %.4f, greedy %.4f)", accuracy, rr.selection, final_accuracy, uniform,
+             stats["vote_accuracy"], stats["upper_bound"], method_out["train"]["best_accuracy"])
+    return {"name": "rerank", "accuracy": accuracy, "selection": rr.selection, "uniform_pick_accuracy": uniform,
             "selected_on_test": rr.selection == "best_on_test", "final_model_accuracy": final_accuracy,
             "test_evals": meta.get("test_evals"), **stats,
             "num_samples": ctx.cfg.inference.sampling.num_samples,
             "greedy_accuracy": method_out["train"]["best_accuracy"], "checkpoint": generator,
             "samples_stage": str(samples.stage.dir), "reranker_stage": str(stage.dir),
-            "reranker": {k: meta.get(k) for k in ("heldout_accuracy", "heldout_auc", "heldout_chance", "train_examples",
-                                               "heldout_examples", "train_positive_rate")},
+            "reranker": {k: meta.get(k) for k in ("heldout_accuracy", "heldout_auc", "heldout_auc_within",
+                                               "heldout_chance", "train_examples", "heldout_examples",
+                                               "train_positive_rate")},
             "reranker_epochs": meta["epochs"]}
