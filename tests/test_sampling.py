@@ -16,6 +16,7 @@ from reft_exp.inference.rerank import (
     rerank_accuracy,
     reranker_examples,
     roc_auc,
+    scores_auc_within,
     uniform_pick_accuracy,
     within_question_auc,
 )
@@ -94,6 +95,8 @@ def test_a_uniform_pick_among_unique_valid_candidates_is_the_rerankers_floor():
     assert abs(uniform_pick_accuracy(samples, slots) - 1 / 3) < 1e-12
     scores = [[0.2, 0.9, None, 0.5, None], [0.1, 0.3, None, 0.8], [None, None]]
     assert rerank_accuracy(samples, scores) == 1 / 3  # this reranker is no better than knowing nothing
+    # and ranks q1's candidates wrong (b=4 over both right ones: 0), q2's right (w=7 over x, y: 1); q3 has none
+    assert scores_auc_within(samples, scores) == 0.5
 
 
 def test_within_question_auc_ignores_telling_easy_questions_from_hard_ones():

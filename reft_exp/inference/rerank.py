@@ -356,6 +356,19 @@ def uniform_pick_accuracy(samples: SampleSet, slots: list[tuple[int, int]]) -> f
     return sum(sum(c) / len(c) for c in per_row.values()) / max(len(samples.rows), 1)
 
 
+def scores_auc_within(samples: SampleSet, scores: list[list[float | None]]) -> float | None:
+    """:func:`within_question_auc` of the scored test candidates against their correctness: how well the
+    reranker ranks each question's candidates (a diagnostic that reads the test labels, as the upper bound)."""
+    probs, labels, groups = [], [], []
+    for row, sc in zip(samples.rows, scores):
+        for s, p in zip(row["samples"], sc):
+            if p is not None:
+                probs.append(p)
+                labels.append(int(s["correct"]))
+                groups.append(row["item_id"])
+    return within_question_auc(probs, labels, groups)
+
+
 def rerank_accuracy(samples: SampleSet, scores: list[list[float | None]]) -> float:
     """Per question, the candidate with the highest P(correct) (first on ties); no candidate = wrong."""
     ok = 0
@@ -372,14 +385,19 @@ def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
     stage, meta = reranker_stage(ctx, generator, samples)
     if rr.selection == "best_on_test":  # upstream: the best test accuracy seen while training (optimistic)
         accuracy, final_accuracy = meta["best_test_rerank_accuracy"], meta["final_test_rerank_accuracy"]
+        scores = json.loads((stage.dir / "best" / BEST_SCORES_FILE).read_text())
     else:
-        accuracy = final_accuracy = rerank_accuracy(samples, rerank_scores(ctx, stage, samples))
+        scores = rerank_scores(ctx, stage, samples)
+        accuracy = final_accuracy = rerank_accuracy(samples, scores)
     stats = vote_stats(ctx, samples)
     uniform = uniform_pick_accuracy(samples, test_candidates(ctx, samples)[0])
-    log.info("rerank: accuracy %.4f (%s; final model %.4f; a uniform pick among the same candidates %.4f; vote "
-             "%.4f, upper bound %.4f, greedy %.4f)", accuracy, rr.selection, final_accuracy, uniform,
-             stats["vote_accuracy"], stats["upper_bound"], method_out["train"]["best_accuracy"])
+    auc_within = scores_auc_within(samples, scores)
+    log.info("rerank: accuracy %.4f (%s; final model %.4f; a uniform pick among the same candidates %.4f, test "
+             "AUC within a question %s; vote %.4f, upper bound %.4f, greedy %.4f)", accuracy, rr.selection,
+             final_accuracy, uniform, _fmt(auc_within), stats["vote_accuracy"], stats["upper_bound"],
+             method_out["train"]["best_accuracy"])
     return {"name": "rerank", "accuracy": accuracy, "selection": rr.selection, "uniform_pick_accuracy": uniform,
+            "test_auc_within": auc_within,
             "selected_on_test": rr.selection == "best_on_test", "final_model_accuracy": final_accuracy,
             "test_evals": meta.get("test_evals"), **stats,
             "num_samples": ctx.cfg.inference.sampling.num_samples,
