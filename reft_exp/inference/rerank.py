@@ -253,7 +253,7 @@ def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples
     return selection | {"epochs": out["epochs"], "train_examples": len(task.train),
                         "heldout_examples": len(task.held), "heldout_accuracy": last["heldout_accuracy"],
                         "heldout_auc": last["heldout_auc"], "heldout_auc_within": last.get("heldout_auc_within"),
-                        "heldout_chance": max(task.positive, 1 - task.positive),
+                        "heldout_chance": max(task.positive, 1 - task.positive) if task.held else None,
                         "train_positive_rate": sum(e["label"] for e in task.train) / max(len(task.train), 1)}
 
 
