@@ -217,7 +217,8 @@ class RerankerTask(Task):
                      "a question (0.5 = chance)", row["train_loss"], row["heldout_accuracy"],
                      max(self.positive, 1 - self.positive), _fmt(row["heldout_auc"]), _fmt(row["heldout_auc_within"]))
         else:
-            log.info("reranker: loss %.4f (no held-out questions: heldout_fraction 0, as upstream)", row["train_loss"])
+            log.info("reranker: loss %.4f (no held-out questions: heldout_fraction 0, as the official reranker, "
+                     "trained on every training question)", row["train_loss"])
         return row
 
     def evaluate(self) -> dict[str, float]:
