@@ -76,3 +76,9 @@ def test_generation_batch_benchmark_smoke(tmp_path) -> None:
                   "--greedy-batch", "8", "3", "--sample-batch", "4", "2", "--json", str(tmp_path / "g.json")).stdout
     assert out.count("ratio old/new") == 3  # greedy without / with the header, sampling
     assert (tmp_path / "g.json").exists()
+
+
+def test_response_logits_benchmark_smoke() -> None:
+    out = _run_benchmark("response_logits.py", "--records", "100", "--questions", "2", "--repeats", "1")
+    assert "log-probs and values identical: True" in out  # the LM head on fewer positions changes no number
+    assert "ratio baseline/ours (time)" in out

@@ -119,3 +119,26 @@ def test_reusing_the_first_epoch_forward_changes_nothing_without_dropout(tmp_pat
         for k in w0:
             torch.testing.assert_close(w1[k], w0[k], rtol=1e-5, atol=1e-6, msg=k)
         assert s1["kl"] == pytest.approx(s0["kl"], abs=1e-6) and s1["pg_loss"] == pytest.approx(s0["pg_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("critic_shared", [True, False])
+def test_the_lm_head_on_response_positions_gives_the_log_probs_and_values_of_every_position(tmp_path, critic_shared):
+    """response_logprobs_values runs the LM head on the response positions only (logits_to_keep); the numbers
+    are those of a forward over every position, sliced at the response's actions."""
+    from reft_exp.rl.ppo_core import logprobs_from_logits
+
+    build_tiny_model(tmp_path, ["Tom has 3 apples. He buys 2 more, so 3 + 2 = 5."] * 4, CFG)
+    torch.manual_seed(0)
+    lm = load_causal_lm(tmp_path, CFG)
+    policy = PolicyWithValue(lm, None if critic_shared else load_causal_lm(tmp_path, CFG))
+    ro = _rollout(lm.config.vocab_size)
+    ro.attention_mask[: B // 2, :2] = 0  # left padding on half of the prompts
+    logp, values, logits = response_logprobs_values(policy, ro)
+    full_logits, full_values = policy(ro.input_ids, ro.attention_mask, ro.position_ids)  # every position
+    assert full_logits.shape[1] == PROMPT + RESPONSE and logits.shape[1] == RESPONSE
+    assert torch.allclose(logits, full_logits[:, PROMPT - 1 : -1], atol=1e-6)
+    assert torch.allclose(values, full_values[:, PROMPT - 1 : -1], atol=1e-6)
+    assert torch.allclose(logp, logprobs_from_logits(full_logits[:, PROMPT - 1 : -1], ro.input_ids[:, PROMPT:]),
+                          atol=1e-6)
+    ref_logp = response_logprobs_values(lm, ro, with_values=False)[0]  # a plain LM (the reference's path)
+    assert torch.allclose(ref_logp, logp, atol=1e-6)

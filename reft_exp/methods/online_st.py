@@ -27,7 +27,7 @@ from reft_exp.context import RunContext
 from reft_exp.methods.sft import sft_checkpoint, sft_stage
 from reft_exp.models import load_causal_lm, load_tokenizer
 from reft_exp.rl.loop import RLTask, rl_schedule
-from reft_exp.rl.policy import disable_dropout
+from reft_exp.rl.policy import disable_dropout, response_logits
 from reft_exp.rl.ppo_core import logprobs_from_logits
 from reft_exp.rl.rollout import sample_rollout, score_rollout
 from reft_exp.runner import train, training_stage
@@ -116,8 +116,7 @@ def online_update(acc, oc: OnlineSTConfig, lm, optimizer, ro, keep: torch.Tensor
     p = ro.prompt_width
     token_mask = ro.response_mask * keep[:, None]
     for _ in range(oc.ppo_epochs):
-        logits = lm(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids).logits
-        logp = logprobs_from_logits(logits[:, p - 1 : -1].float(), ro.input_ids[:, p:])
+        logp = logprobs_from_logits(response_logits(lm, ro).float(), ro.input_ids[:, p:])
         sample_ce = -(logp * token_mask).sum() / token_mask.sum().clamp(min=1.0)
         gt_ce = lm(**gt).loss
         loss = oc.sample_loss_weight * sample_ce + oc.gt_loss_weight * gt_ce

@@ -7,6 +7,8 @@ a separate value model (a copy of the warm-up LM) carries the head.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
 import torch
@@ -60,15 +62,18 @@ class PolicyWithValue(nn.Module):
             nn.init.zeros_(self.v_head.weight)
             nn.init.zeros_(self.v_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logits [B, L, V], values [B, L])``; the value at position i is V of the state after token i."""
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits [B, K, V], values [B, L])``: the logits of the last ``logits_to_keep`` positions (0 = all L,
+        K = L); the value at position i is V of the state after token i. A separate value model's own logits
+        are never used: it computes those of one position only."""
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      output_hidden_states=self.value_lm is None)
+                      output_hidden_states=self.value_lm is None, **_keep(self.lm, logits_to_keep))
         if self.value_lm is None:
             hidden = out.hidden_states[-1]
         else:
             hidden = self.value_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                   output_hidden_states=True).hidden_states[-1]
+                                   output_hidden_states=True, **_keep(self.value_lm, 1)).hidden_states[-1]
         values = self.v_head(hidden.float()).squeeze(-1)
         return out.logits, values
 
@@ -76,18 +81,46 @@ class PolicyWithValue(nn.Module):
         torch.save(self.v_head.state_dict(), Path(folder) / "value_head.pt")
 
 
+def _keep(model: nn.Module, n: int) -> dict:
+    """``logits_to_keep=n`` for a causal LM's forward when its class takes the keyword (Llama and OPT since
+    transformers 4.50): its LM head then runs on the last ``n`` positions only; else, or for n = 0, nothing (all
+    positions, which :func:`action_logits` slices)."""
+    return {"logits_to_keep": n} if n and _takes_logits_to_keep(type(getattr(model, "module", model))) else {}
+
+
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def action_logits(logits: torch.Tensor, width: int, prompt_width: int) -> torch.Tensor:
+    """The logits ``[B, R, V]`` of the actions that emit the response tokens (positions ``P - 1 .. L - 2`` of a
+    sequence of ``width`` L whose responses start at column ``P``), from ``logits`` of all L positions or of the
+    last ``L - P + 1`` (``logits_to_keep``; a model that ignores the keyword returns all L)."""
+    return logits[:, prompt_width - 1 : -1] if logits.shape[1] == width else logits[:, :-1]
+
+
+def response_logits(lm: nn.Module, ro) -> torch.Tensor:
+    """A causal LM's action logits ``[B, R, V]`` on a rollout (:func:`action_logits`): the LM head runs on the
+    response positions only, the prompt's ~2/3 of a P-CoT sequence (header included) left out."""
+    width, p = ro.input_ids.shape[1], ro.prompt_width
+    out = lm(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids,
+             **_keep(lm, width - p + 1))
+    return action_logits(out.logits, width, p)
+
+
 def response_logprobs_values(model: nn.Module, ro, with_values: bool = True):
-    """Log-probs ``[B, R]`` of the response tokens (and values ``[B, R]`` of the states they are taken in).
+    """Log-probs ``[B, R]`` of the response tokens (and values ``[B, R]`` of the states they are taken in),
+    and the action logits ``[B, R, V]``.
 
     The action emitting response token ``t`` (column ``P + t``) is taken at position ``P + t - 1``.
     ``model`` is a :class:`PolicyWithValue` (or wrapped one) when ``with_values``, else a plain causal LM.
     """
-    p = ro.prompt_width
+    width, p = ro.input_ids.shape[1], ro.prompt_width
     if with_values:
-        logits, values = model(ro.input_ids, ro.attention_mask, ro.position_ids)
-        values = values[:, p - 1 : -1]
+        logits, values = model(ro.input_ids, ro.attention_mask, ro.position_ids, logits_to_keep=width - p + 1)
+        logits, values = action_logits(logits, width, p), values[:, p - 1 : -1]
     else:
-        logits = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=ro.position_ids).logits
-        values = None
-    logp = logprobs_from_logits(logits[:, p - 1 : -1].float(), ro.input_ids[:, p:])
-    return logp, values, logits[:, p - 1 : -1]
+        logits, values = response_logits(model, ro), None
+    logp = logprobs_from_logits(logits.float(), ro.input_ids[:, p:])
+    return logp, values, logits
