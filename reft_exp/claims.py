@@ -274,6 +274,19 @@ def budget(seeds: dict[object, dict]) -> str:
     return "; ".join(parts)
 
 
+def warmups(seeds: dict[object, dict]) -> str:
+    """One line: the SFT epoch each seed's ReFT started from, and its training samples' accuracy where a rule
+    picked it (``sft.warmup_checkpoint``); "" when no ReFT record carries its warm-up."""
+    parts = []
+    for s in sorted(seeds, key=str):
+        w = (seeds[s].get(("reft", "greedy", "")) or {}).get("warmup") or {}
+        if w.get("epoch") is None:
+            continue
+        acc = (w.get("train_sample_accuracy") or {}).get(str(w["epoch"]))
+        parts.append(f"{s}: epoch {w['epoch']}" + (f" ({100 * acc:.1f}% of training samples right)" if acc is not None else ""))
+    return ", ".join(parts)
+
+
 def _fmt(v: float) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
 
@@ -297,6 +310,8 @@ def write_report(seeds: dict[object, dict], out_dir: str | Path, kl_bound: float
              f"KL <= {kl_bound:g} nats.", ""]
     if b := budget(seeds):
         lines += [f"Budget: {b}.", ""]
+    if w := warmups(seeds):
+        lines += [f"ReFT's warm-up per seed: {w}.", ""]
     lines += [shown.to_markdown(index=False), ""]
     if not curve.empty:
         lines += ["## Majority-vote accuracy against K (percent, mean over seeds)", "",

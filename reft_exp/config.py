@@ -157,6 +157,45 @@ class MethodConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """K sampled completions per question (a cached ``samples`` stage; every consumer with the same values
+    reuses it). Upstream: 100 samples, temperature 1, top_k 50 for offline self-training, voting, reranking."""
+
+    num_samples: int = 100
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    # prompt + completion tokens over the left-padded batch (upstream Sampling scripts: max_length 1024,
+    # sampling.py:156 generate(max_length=...)); null = max_new_tokens new tokens instead (the tiny scale)
+    max_length: int | None = 1024
+    max_new_tokens: int = 400  # used only when max_length is null
+    batch_size: int = 16  # prompts per generate call (x num_samples sequences)
+    max_questions: int | None = None  # sample only the first N questions of the split; None = all
+
+
+@dataclass
+class WarmupCheckpointConfig:
+    """Which SFT epoch checkpoint is the warm-up of ReFT, self-training and the reranker's training samples."""
+
+    # fixed: the epoch dataset.warmup_epoch names (upstream: one epoch per dataset script).
+    # min_sample_accuracy (ours, docs/decisions.md 2026-12-01): from that epoch, the EARLIEST saved epoch whose
+    # samples on the first `sampling.max_questions` TRAINING questions are right at least `min_sample_accuracy`
+    # of the time (later epochs while it is below, earlier ones while they still reach it); none reaches it: the
+    # last saved epoch. RL needs a warm-up that gets some rewards and still has room to learn; a model trained
+    # from scratch reaches that at an epoch that depends on the draw and the seed (docs/claims.md).
+    rule: str = one_of("fixed", "min_sample_accuracy")
+    min_sample_accuracy: float = 0.25
+    # the RL rollouts' decoding (top_k 0, temperature 1, prompt + response <= 700: train_rl_reft.py), one
+    # sample per question; a cached samples stage per epoch checkpoint
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        num_samples=1, top_k=0, max_length=700, max_questions=256))
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_sample_accuracy <= 1.0:
+            raise ValueError(f"sft.warmup_checkpoint.min_sample_accuracy must be in [0, 1], got {self.min_sample_accuracy}")
+
+
+@dataclass
 class SFTConfig:
     """The SFT recipe (upstream ``train_sft_model.py`` defaults), shared by every method's warm-up."""
 
@@ -177,6 +216,8 @@ class SFTConfig:
     eval_batch_size: int = 64
     save_best: bool = True
     log_every_steps: int = field(default=50, metadata=NOT_IN_KEY)
+    # How the warm-up is picked among the epoch checkpoints (not in the SFT key: it chooses among its outputs)
+    warmup_checkpoint: WarmupCheckpointConfig = field(default_factory=WarmupCheckpointConfig, metadata=NOT_IN_KEY)
     # The epoch checkpoints kept (epoch_<n>/), among which dataset.warmup_epoch picks the warm-up of ReFT and
     # self-training; null = every epoch (the SFT template keeps all 40: keep_num_ckpt 40, saving_epoch_freq 1).
     save_epochs: list[int] | None = None
@@ -256,23 +297,6 @@ class ReFTConfig(RLLoopConfig):
 
     def __post_init__(self):  # built in code (tests): the same check validate() makes
         check_choices(self)
-
-
-@dataclass
-class SamplingConfig:
-    """K sampled completions per question (a cached ``samples`` stage; every consumer with the same values
-    reuses it). Upstream: 100 samples, temperature 1, top_k 50 for offline self-training, voting, reranking."""
-
-    num_samples: int = 100
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    # prompt + completion tokens over the left-padded batch (upstream Sampling scripts: max_length 1024,
-    # sampling.py:156 generate(max_length=...)); null = max_new_tokens new tokens instead (the tiny scale)
-    max_length: int | None = 1024
-    max_new_tokens: int = 400  # used only when max_length is null
-    batch_size: int = 16  # prompts per generate call (x num_samples sequences)
-    max_questions: int | None = None  # sample only the first N questions of the split; None = all
 
 
 @dataclass

@@ -27,6 +27,7 @@ class RunContext:
     timer: StageTimer = field(default_factory=StageTimer)
     stages_used: dict[str, dict] = field(default_factory=dict)  # kind -> {dir, reused}
     executor_layers: dict[str, str] | None = None  # the P-CoT sandbox's active layers, once started
+    warmup: dict | None = None  # the SFT warm-up checkpoint this cell used: epoch, rule (methods/sft.py:sft_checkpoint)
 
     @property
     def cot(self) -> str:

@@ -45,7 +45,7 @@ def record_path(cfg: RunConfig) -> Path:
 def build_record(cfg: RunConfig, method_out: dict[str, Any], inference_out: dict[str, Any],
                  timings: dict[str, float], stages: dict[str, dict],
                  distributed: dict[str, Any] | None = None,
-                 executor: dict[str, str] | None = None) -> dict[str, Any]:
+                 executor: dict[str, str] | None = None, warmup: dict[str, Any] | None = None) -> dict[str, Any]:
     train = method_out.get("train", {})
     return {
         "record_version": RECORD_VERSION,
@@ -63,6 +63,9 @@ def build_record(cfg: RunConfig, method_out: dict[str, Any], inference_out: dict
         "method": {k: v for k, v in method_out.items() if k != "train"},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "stages": stages,
+        # the SFT warm-up checkpoint the cell started from or sampled (epoch, rule, training-sample accuracies);
+        # null when it used none
+        "warmup": warmup,
         "versions": versions(),
         "hardware": hardware(),
         # the processes that ran the cell: world_size, distributed_type (NO, MULTI_CPU, MULTI_GPU, DEEPSPEED, ...)

@@ -156,7 +156,7 @@ def run_cell(cfg: RunConfig) -> dict:
             inference_out = INFERENCE[cfg.inference.name](ctx, method_out)
         ctx.timer.seconds["total"] = time.perf_counter() - start
         record = build_record(cfg, method_out, inference_out, ctx.timer.seconds, ctx.stages_used, distributed,
-                              ctx.executor_layers)
+                              ctx.executor_layers, ctx.warmup)
         if accelerator.is_main_process:
             write_record(path, record)
             tracker.summary({"accuracy": record["accuracy"]})

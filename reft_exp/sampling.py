@@ -105,15 +105,18 @@ def samples_stage_of(ctx: RunContext, checkpoint: str | Path, split: str, sc: Sa
 
 
 def sample_stage(ctx: RunContext, checkpoint: str | Path, split: str, sc: SamplingConfig, *,
-                 length_key: str = "sampling.max_length") -> SampleSet:
+                 length_key: str = "sampling.max_length", name: str | None = None) -> SampleSet:
     """The samples of ``checkpoint`` on ``split``: drawn once (a cached stage), then read from disk.
-    ``length_key``: the config key of ``sc.max_length``, named when a prompt cannot fit."""
+    ``length_key``: the config key of ``sc.max_length``, named when a prompt cannot fit; ``name``: the stage's
+    name in the cell's record and timings (default ``samples_<split>``)."""
+    timer = name or f"sample_{split}"
+    name = name or f"samples_{split}"
     records = ctx.splits[split][: sc.max_questions] if sc.max_questions else ctx.splits[split]
     ckpt = checkpoint_id(checkpoint)
     stage = samples_stage_of(ctx, checkpoint, split, sc)
 
     def compute(folder: Path) -> dict:
-        with ctx.timer(f"sample_{split}"):
+        with ctx.timer(timer):
             rows = draw_samples(ctx, checkpoint, records, sc, desc=f"sample {split} x{sc.num_samples}",
                                length_key=length_key)
         if ctx.accelerator.is_main_process:
@@ -128,7 +131,7 @@ def sample_stage(ctx: RunContext, checkpoint: str | Path, split: str, sc: Sampli
         return meta
 
     reused = run_stage(stage, ctx.accelerator, compute)
-    ctx.note_stage(stage, reused, name=f"samples_{split}")
+    ctx.note_stage(stage, reused, name=name)
     rows = read_samples(stage.dir / SAMPLES_FILE)
     if [r["item_id"] for r in rows] != [r["item_id"] for r in records]:
         raise RuntimeError(f"{stage.dir / SAMPLES_FILE}: its questions are not those of the {split} split "

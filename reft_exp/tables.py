@@ -105,10 +105,15 @@ def budget(rec: dict) -> str:
         parts.append(f"{m.get('epochs')} epochs on SFT data + warm-up samples" + (f", best epoch {best}"
                                                                                 if best is not None else ""))
     elif c["method"] in RL_METHODS:
-        warm = (cfg.get("dataset") or {}).get("warmup_epoch")
-        warm = warm.get(c["cot"]) if isinstance(warm, dict) else warm
-        parts.append(f"warm-up SFT epoch {warm}/{sft.get('epochs')} + {m.get('epochs')} x {m.get('max_questions')} "
-                     f"questions" + (f", best epoch {best}" if best is not None else ""))
+        warm = (rec.get("warmup") or {}).get("epoch")  # the epoch the cell started from (a rule may pick it)
+        if warm is None:  # records written before the warm-up was recorded: the configured epoch
+            warm = (cfg.get("dataset") or {}).get("warmup_epoch")
+            warm = warm.get(c["cot"]) if isinstance(warm, dict) else warm
+        chosen = rec.get("warmup") or {}
+        rule = (f" (the first with >= {100 * chosen['min_sample_accuracy']:g}% of training samples right)"
+                if chosen.get("rule", "fixed") != "fixed" else "")
+        parts.append(f"warm-up SFT epoch {warm}/{sft.get('epochs')}{rule} + {m.get('epochs')} x "
+                     f"{m.get('max_questions')} questions" + (f", best epoch {best}" if best is not None else ""))
     k = (rec.get("inference") or {}).get("num_samples")
     if k and c["inference"] != "greedy":
         parts.append(f"K={k}")

@@ -36,7 +36,8 @@ def _epochs(rows) -> list[dict]:
         {"epoch": i, "score": s, "kl": k, "test_accuracy": 0.6} for i, (s, k) in enumerate(rows, start=1)]
 
 
-def write_sweep(runs, *, online=False, kl0=True, reft_kl_peak=None):
+def write_sweep(runs, *, online=False, kl0=True, reft_kl_peak=None, warmups=None):
+    """``warmups``: per seed, (epoch, training-sample accuracy) of a rule-picked ReFT warm-up."""
     runs.mkdir(parents=True, exist_ok=True)
     recs = []
     for i, seed in enumerate(SEEDS):
@@ -44,7 +45,12 @@ def write_sweep(runs, *, online=False, kl0=True, reft_kl_peak=None):
             epochs = _epochs(REFT_EPOCHS) if method == "reft" else []
             if method == "reft" and reft_kl_peak is not None:
                 epochs[2]["kl"] = reft_kl_peak
-            recs.append(_record(method, "greedy", seed, accs[i], epochs=epochs, best_epoch=3))
+            extra = {}
+            if method == "reft" and warmups:
+                epoch, acc = warmups[seed]
+                extra["warmup"] = {"epoch": epoch, "rule": "min_sample_accuracy", "min_sample_accuracy": 0.25,
+                                   "train_sample_accuracy": {str(epoch - 1): 0.1, str(epoch): acc}}
+            recs.append(_record(method, "greedy", seed, accs[i], epochs=epochs, best_epoch=3, **extra))
         if online:
             recs.append(_record("online_st", "greedy", seed, 0.5))
         for method, accs in VOTE.items():
@@ -107,10 +113,21 @@ def test_report_files_hold_every_claim_and_the_vote_curve(tmp_path):
     assert ("Budget: SFT: SFT 4 epochs, best 3/4; ReFT: warm-up SFT epoch 2/4 + 3 x 640 questions, best epoch 3; "
             "K = 8 samples per test question.") in md
     assert md.count("| holds") + md.count("| does not hold") == 10
+    assert "warm-up per seed" not in md  # the records carry no rule-picked warm-up
     # vote accuracy against K: the mean over seeds of K=1 and K=8 per method
     assert "Majority-vote accuracy against K" in md
     curve = claims.vote_curve(claims._by_seed(tmp_path / "runs", "claims")).set_index(["method", "K"])
     assert curve.loc[("sft", 8), "mean"] == pytest.approx(65.0) and curve.loc[("sft", 1), "mean"] == pytest.approx(55.0)
+
+
+def test_report_names_each_seeds_warmup_when_a_rule_picked_it(tmp_path):
+    write_sweep(tmp_path / "runs", warmups={42: (2, 0.375), 43: (3, 0.40), 44: (4, 0.2)})
+    claims.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tag", "claims"])
+    md = (tmp_path / "out" / "claims.md").read_text()
+    assert ("ReFT: warm-up SFT epoch 2/4 (the first with >= 25% of training samples right) + 3 x 640 questions, "
+            "best epoch 3;") in md  # the budget line: the first seed's
+    assert ("ReFT's warm-up per seed: 42: epoch 2 (37.5% of training samples right), 43: epoch 3 (40.0% of "
+            "training samples right), 44: epoch 4 (20.0% of training samples right).") in md
 
 
 def test_untagged_sweep_folder_takes_other_tags_as_variants(tmp_path):

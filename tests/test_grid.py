@@ -33,6 +33,9 @@ def test_smoke_sweep_trains_sft_once_and_fills_both_tables(tmp_path):
     # the test samples of each generator are drawn once for voting and reranking; the warm-up samples once
     # for offline self-training and both rerankers
     by = {(r["coordinates"]["method"], r["coordinates"]["inference"]): r for r in records}
+    # the smoke experiment picks the warm-up by rule (sft.warmup_checkpoint); here the one SFT epoch there is
+    assert by[("reft", "greedy")]["warmup"]["rule"] == "min_sample_accuracy"
+    assert by[("reft", "greedy")]["warmup"]["epoch"] == 1
     for m in ("sft", "reft"):
         assert by[(m, "rerank")]["inference"]["samples_stage"] == by[(m, "majority_vote")]["inference"]["samples_stage"]
     train_samples = {r["stages"]["samples_train"]["dir"] for r in records if "samples_train" in r["stages"]}

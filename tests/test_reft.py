@@ -35,6 +35,7 @@ def test_reft_runs_from_the_shared_sft_warmup(tmp_path):
     rec = _record(results)
     # ReFT starts from the warm-up: the SFT run's epoch_<dataset.warmup_epoch.n> checkpoint
     assert rec["stages"]["sft"]["reused"] is False and rec["method"]["init_checkpoint"].endswith("epoch_1")
+    assert rec["warmup"] == {"epoch": 1, "rule": "fixed", "checkpoint": rec["method"]["init_checkpoint"]}
     assert [e["epoch"] for e in rec["epochs"]] == [0, 1, 2]  # epoch 0 = the warm-up's greedy accuracy
     # the best epoch is one of 1.., never the warm-up (train_rl_reft.py:854), whose accuracy is kept beside it
     assert rec["accuracy"] == max(e["test_accuracy"] for e in rec["epochs"][1:])

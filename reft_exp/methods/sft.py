@@ -3,8 +3,8 @@
 AdamW, linear schedule with 10% warm-up, grad clipping, per-device batch x grad accumulation; greedy test
 accuracy (prompt + response <= ``sft.eval_max_length``, train_sft_model.py:303-305) every epoch, or every
 ``sft.eval_every_steps`` optimizer steps (offline self-training, as the OffSL scripts), the best kept; the epoch
-checkpoints ``epoch_<n>/`` (every epoch, or ``sft.save_epochs``), among which ``dataset.warmup_epoch`` picks the
-warm-up of ReFT and self-training. The SFT run is a cached stage: every cell of a grid that needs it (SFT
+checkpoints ``epoch_<n>/`` (every epoch, or ``sft.save_epochs``), among which ``sft.warmup_checkpoint`` picks the
+warm-up of ReFT and self-training (``dataset.warmup_epoch``, or the earliest with enough right training samples). The SFT run is a cached stage: every cell of a grid that needs it (SFT
 itself, the warm-up of ReFT / self-training, samplers) reuses the one run, whatever warm-up epoch it picks.
 The loop, resume and checkpoints are the runner's (reft_exp/runner.py); this file is the build and the step.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -147,20 +147,63 @@ def sft_stage_of(ctx: RunContext) -> Stage:
 
 
 def sft_checkpoint(ctx: RunContext, stage: Stage, which: str) -> Path:
-    """A checkpoint of the SFT run: ``best``, or ``warmup`` = the epoch ``dataset.warmup_epoch`` picks."""
+    """A checkpoint of the SFT run: ``best``, or ``warmup`` = the epoch ``sft.warmup_checkpoint`` picks
+    (``fixed``: ``dataset.warmup_epoch``; ``min_sample_accuracy``: :func:`choose_warmup_epoch` on the training
+    samples of the epoch checkpoints, each a cached samples stage). The choice is kept in ``ctx.warmup`` (the
+    cell's record: ``warmup``)."""
     if which == "best":
         return stage.dir / "best"
-    epoch = ctx.cfg.dataset.warmup_epoch[ctx.cot]
-    if epoch not in saved_epochs(ctx.cfg.sft):
-        raise ConfigError(f"dataset.warmup_epoch.{ctx.cot}={epoch}: the SFT run keeps only epochs "
-                          f"{saved_epochs(ctx.cfg.sft)} (sft.save_epochs, sft.train_epochs)")
+    cfg, wc = ctx.cfg, ctx.cfg.sft.warmup_checkpoint
+    start, epochs = cfg.dataset.warmup_epoch[ctx.cot], saved_epochs(cfg.sft)
+    if start not in epochs:
+        raise ConfigError(f"dataset.warmup_epoch.{ctx.cot}={start}: the SFT run keeps only epochs "
+                          f"{epochs} (sft.save_epochs, sft.train_epochs)")
+    measured: dict[int, float] = {}
+    if wc.rule == "fixed":
+        epoch = start
+    else:
+        from reft_exp.sampling import sample_stage
+
+        def accuracy(e: int) -> float:
+            samples = sample_stage(ctx, stage.dir / f"epoch_{e}", "train", wc.sampling,
+                                   length_key="sft.warmup_checkpoint.sampling.max_length",
+                                   name=f"warmup_samples_epoch{e}")
+            measured[e] = float(samples.stage.meta()["sample_accuracy"])
+            return measured[e]
+
+        epoch = choose_warmup_epoch(start, epochs, accuracy, wc.min_sample_accuracy)
+        log.info("warm-up: SFT epoch %d of %s (%s >= %g from epoch %d; training samples right: %s)", epoch, epochs,
+                 wc.rule, wc.min_sample_accuracy, start,
+                 ", ".join(f"epoch {e} {100 * a:.1f}%" for e, a in sorted(measured.items())))
+    ctx.warmup = {"epoch": epoch, "rule": wc.rule, "checkpoint": str(stage.dir / f"epoch_{epoch}")}
+    if measured:
+        ctx.warmup |= {"min_sample_accuracy": wc.min_sample_accuracy, "start_epoch": start,
+                       "train_sample_accuracy": {str(e): a for e, a in sorted(measured.items())}}
     return stage.dir / f"epoch_{epoch}"
+
+
+def choose_warmup_epoch(start: int, epochs: Sequence[int], accuracy: Callable[[int], float],
+                        minimum: float) -> int:
+    """The ``min_sample_accuracy`` rule: the earliest of ``epochs`` (ascending) whose ``accuracy`` reaches
+    ``minimum``, searched from ``start`` outward: later epochs while below it, earlier ones while they still reach
+    it; the last epoch when none reaches it. ``accuracy`` is called only for the epochs visited (each costs a
+    sampling pass), so a run whose accuracy rises with its epochs gets the first epoch at the minimum."""
+    i = list(epochs).index(start)
+    if accuracy(epochs[i]) < minimum:
+        for e in epochs[i + 1 :]:
+            if accuracy(e) >= minimum:
+                return e
+        return epochs[-1]
+    while i > 0 and accuracy(epochs[i - 1]) >= minimum:
+        i -= 1
+    return epochs[i]
 
 
 def run(ctx: RunContext) -> dict:
     """``method=sft``: the SFT stage's per-epoch metrics; the best epoch's greedy accuracy is reported."""
     stage, meta = sft_stage(ctx)
     out = {"train": meta, "checkpoint": str(stage.dir / "best")}
-    if ctx.cfg.dataset.warmup_epoch[ctx.cot] in saved_epochs(ctx.cfg.sft):
+    # the fixed warm-up's path (a chosen one is picked by the cells that start from it: no sampling here)
+    if ctx.cfg.sft.warmup_checkpoint.rule == "fixed" and ctx.cfg.dataset.warmup_epoch[ctx.cot] in saved_epochs(ctx.cfg.sft):
         out["warmup_checkpoint"] = str(sft_checkpoint(ctx, stage, "warmup"))
     return out
