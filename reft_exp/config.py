@@ -177,7 +177,7 @@ class SamplingConfig:
 class WarmupCheckpointConfig:
     """Which SFT epoch checkpoint is the warm-up of ReFT, self-training and the reranker's training samples."""
 
-    # fixed: the epoch dataset.warmup_epoch names (upstream: one epoch per dataset script).
+    # fixed: the epoch dataset.warmup_epoch names (official: one epoch per script, exps/paper_exps/ReFT/gsm8k.sh:8).
     # min_sample_accuracy (ours, docs/decisions.md 2026-12-01): from that epoch, the EARLIEST saved epoch whose
     # samples on the first `sampling.max_questions` TRAINING questions are right at least `min_sample_accuracy`
     # of the time (later epochs while it is below, earlier ones while they still reach it); none reaches it: the

@@ -1,6 +1,6 @@
-"""The SFT warm-up checkpoint of ReFT / self-training / the reranker (sft.warmup_checkpoint): a fixed epoch
-(upstream) or the earliest epoch whose training samples are right often enough, measured on the real samples of
-each epoch checkpoint (a cached samples stage each)."""
+"""The SFT warm-up checkpoint of ReFT / self-training / the reranker (sft.warmup_checkpoint): a fixed epoch (the
+official scripts: exps/paper_exps/ReFT/gsm8k.sh:8) or the earliest epoch whose training samples are right often
+enough, measured on the real samples of each epoch checkpoint (a cached samples stage each)."""
 
 from __future__ import annotations
 
