@@ -4,8 +4,9 @@ AdamW, linear schedule with 10% warm-up, grad clipping, per-device batch x grad 
 accuracy (prompt + response <= ``sft.eval_max_length``, train_sft_model.py:303-305) every epoch, or every
 ``sft.eval_every_steps`` optimizer steps (offline self-training, as the OffSL scripts), the best kept; the epoch
 checkpoints ``epoch_<n>/`` (every epoch, or ``sft.save_epochs``), among which ``sft.warmup_checkpoint`` picks the
-warm-up of ReFT and self-training (``dataset.warmup_epoch``, or the earliest with enough right training samples). The SFT run is a cached stage: every cell of a grid that needs it (SFT
-itself, the warm-up of ReFT / self-training, samplers) reuses the one run, whatever warm-up epoch it picks.
+warm-up of ReFT and self-training (``dataset.warmup_epoch``, or the earliest with enough right training samples).
+The SFT run is a cached stage: every cell of a grid that needs it (SFT itself, the warm-up of ReFT /
+self-training, samplers) reuses the one run, whatever warm-up epoch it picks.
 The loop, resume and checkpoints are the runner's (reft_exp/runner.py); this file is the build and the step.
 """
 
@@ -204,6 +205,7 @@ def run(ctx: RunContext) -> dict:
     stage, meta = sft_stage(ctx)
     out = {"train": meta, "checkpoint": str(stage.dir / "best")}
     # the fixed warm-up's path (a chosen one is picked by the cells that start from it: no sampling here)
-    if ctx.cfg.sft.warmup_checkpoint.rule == "fixed" and ctx.cfg.dataset.warmup_epoch[ctx.cot] in saved_epochs(ctx.cfg.sft):
+    cfg = ctx.cfg
+    if cfg.sft.warmup_checkpoint.rule == "fixed" and cfg.dataset.warmup_epoch[ctx.cot] in saved_epochs(cfg.sft):
         out["warmup_checkpoint"] = str(sft_checkpoint(ctx, stage, "warmup"))
     return out
