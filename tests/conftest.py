@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
     stage lock would make them wait for it, not train it twice).
 
     Why this order: xdist hands a worker its next file when the worker starts the last test of its current one,
-    so a long last test (the learning file's ReFT test, 70 s) commits the next file long before it runs. A
+    so a long last test (the learning file's ReFT test, ~45 s) commits the next file long before it runs. A
     simulation of that rule over the measured per-test times (docs/decisions.md, 2026-12-01) put this order at
     ~390 s for 775 s of work, within 2 s of the best order a search found, with per-test times jittered +-15%;
     the previous marker order gave 402 s on average and 415 s in the run measured."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from test_run import run_app
 
 from reft_exp.methods.reft import read_steps
 
-pytestmark = pytest.mark.seconds(68)  # its measured time in `make test`: orders the collection (conftest)
+pytestmark = pytest.mark.seconds(52)  # its measured time in `make test`: orders the collection (conftest)
 
 QUICK = ["dataset.train_size=96", "dataset.test_size=16", "sft.epochs=2", "dataset.warmup_epoch.n=1",
          "inference.max_new_tokens=24", "sft.eval_max_length=112", "method.eval_max_length=112", "method=reft", "method.batch_size=16", "method.max_length=120",
@@ -54,11 +55,15 @@ def test_reft_runs_from_the_shared_sft_warmup(tmp_path):
 
 
 def test_reft_killed_mid_run_resumes_to_the_same_result(tmp_path):
-    args = [*QUICK, "method.epochs=3"]
+    args = [*QUICK, "method.epochs=2"]  # killed after epoch 1, resumed for epoch 2
     straight = tmp_path / "straight"
     assert run_app([f"paths.results_dir={straight}", *args], tmp_path).returncode == 0
 
+    # the resumed run starts from the straight run's SFT run and warm-up evaluation (its cache without the ReFT
+    # stage, a results folder's cache moves: tests/test_stages.py): what is killed and resumed is ReFT alone
     resumed = tmp_path / "resumed"
+    shutil.copytree(straight / "cache", resumed / "cache",
+                    ignore=lambda d, names: ["reft"] if Path(d).name == "cache" else [])
     proc = launch.popen(["-m", "reft_exp.run", f"paths.results_dir={resumed}", *args], cwd=tmp_path,
                         env=launch.app_env(), stdout=tmp_path / "killed.log")
     deadline = time.time() + 300
@@ -76,6 +81,7 @@ def test_reft_killed_mid_run_resumes_to_the_same_result(tmp_path):
     rerun = run_app([f"paths.results_dir={resumed}", *args], tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming after epoch" in rerun.stdout + rerun.stderr
+    assert _record(resumed)["stages"]["sft"]["reused"] is True
     a, b = _record(straight), _record(resumed)
     assert [e.get("test_accuracy") for e in a["epochs"]] == [e.get("test_accuracy") for e in b["epochs"]]
     sa, sb = read_steps(a["method"]["steps_file"]), read_steps(b["method"]["steps_file"])
