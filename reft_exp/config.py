@@ -159,13 +159,15 @@ class MethodConfig:
 @dataclass
 class SamplingConfig:
     """K sampled completions per question (a cached ``samples`` stage; every consumer with the same values
-    reuses it). Upstream: 100 samples, temperature 1, top_k 50 for offline self-training, voting, reranking."""
+    reuses it). The official sampling for offline self-training, voting and reranking: 100 samples
+    (exps/paper_exps/Sampling/gsm8k.sh:10), temperature 1 (Sampling/_template.sh:15), top_k 50 (sampling.py:153-161
+    passes none: transformers' default)."""
 
     num_samples: int = 100
     temperature: float = 1.0
     top_k: int = 50
     top_p: float = 1.0
-    # prompt + completion tokens over the left-padded batch (upstream Sampling scripts: max_length 1024,
+    # prompt + completion tokens over the left-padded batch (official: max_length 1024, Sampling/gsm8k.sh:9,
     # sampling.py:156 generate(max_length=...)); null = max_new_tokens new tokens instead (the tiny scale)
     max_length: int | None = 1024
     max_new_tokens: int = 400  # used only when max_length is null
