@@ -395,6 +395,17 @@ class InferenceConfig:
 
 
 @dataclass
+class GreedyInferenceConfig(InferenceConfig):
+    """The cell's number is the method's best epoch (nothing generated again). ``header_check`` (ours): for
+    P-CoT, when the method evaluated without the program header in the prompt (SFT, offline self-training:
+    train_sft_model.py:107-109), its reported checkpoint is also evaluated greedily with it, the prompt of the
+    RL evaluations (train_rl_reft.py:152-153) and of the vote / rerank samples (sampling.py:75-77), so that its
+    number can be set beside theirs under one prompt (the record's ``accuracy_with_header``)."""
+
+    header_check: bool = True
+
+
+@dataclass
 class VoteInferenceConfig(InferenceConfig):
     """Majority vote over K test samples from the method's best checkpoint."""
 
@@ -524,7 +535,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "sft": {"*": SFTConfig},
     "method": {"sft": MethodConfig, "reft": ReFTConfig, "offline_st": OfflineSTConfig,
                "online_st": OnlineSTConfig, "grpo": GRPOConfig, "rloo": RLOOConfig},
-    "inference": {"greedy": InferenceConfig, "majority_vote": VoteInferenceConfig,
+    "inference": {"greedy": GreedyInferenceConfig, "majority_vote": VoteInferenceConfig,
                   "rerank": RerankInferenceConfig},
     "reward": {"*": RewardConfig},
     "executor": {"*": ExecutorConfig},

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from reft_exp.answers import AnswerSpec, extract_answers, is_correct, parse_gold
 from reft_exp.generation import DecodingConfig, generate_distributed
 from reft_exp.prompts import build_prompt
+from reft_exp.stages import Stage, checkpoint_id, run_stage, stage_key
+from reft_exp.utils import read_jsonl, write_jsonl
+
+# What the greedy evaluation of a checkpoint reads: its stage key holds these, the checkpoint and the asking
+# evaluation's settings (header, length, batch). Every method starting from one warm-up with the same settings
+# (ReFT, online self-training, GRPO, RLOO, ...) then evaluates it once.
+EVAL_READS = ("model", "dataset", "cot", "reward", "executor", "inference.max_new_tokens",
+              "accelerate.mixed_precision")
+EVAL_OUTPUTS_FILE = "outputs.jsonl"
 
 
 @dataclass
@@ -67,3 +78,23 @@ def eval_outputs(records: Sequence[dict], res: EvalResult) -> list[dict]:
     questions = {r["item_id"]: r["question"] for r in records}
     return [{"item_id": row["item_id"], "question": questions.get(row["item_id"]), "completion": row["completion"],
              "pred": row["pred"], "gold": row["gold"], "correct": bool(row["correct"])} for row in res.predictions]
+
+
+def cached_greedy_eval(ctx, checkpoint: str | Path, settings: dict[str, Any], evaluate: Callable[[], dict],
+                       name: str) -> dict:
+    """The greedy evaluation of ``checkpoint`` as a cached ``greedy_eval`` stage (keyed by :data:`EVAL_READS`,
+    the checkpoint and ``settings``): ``evaluate()`` (metrics + ``outputs``, one row per question) runs only when
+    the stage is not in the cache; the outputs are kept in the stage. Returns the metrics with the outputs."""
+    cfg = ctx.cfg
+    stage = Stage(ctx.cache_dir, "greedy_eval", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}",
+                  stage_key(cfg, EVAL_READS, {"checkpoint": checkpoint_id(checkpoint)}, node=settings))
+
+    def compute(folder: Path) -> dict:
+        metrics = evaluate()
+        rows = metrics.pop("outputs")
+        if ctx.accelerator.is_main_process:
+            write_jsonl(folder / EVAL_OUTPUTS_FILE, rows)
+        return metrics
+
+    ctx.note_stage(stage, run_stage(stage, ctx.accelerator, compute), name=name)
+    return stage.meta() | {"outputs": read_jsonl(stage.dir / EVAL_OUTPUTS_FILE)}

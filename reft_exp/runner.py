@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from reft_exp.checkpoint import CorruptStateError, verify_manifest, write_manifest
 from reft_exp.distributed import uses_deepspeed
 from reft_exp.stages import Stage, run_stage, stage_key
-from reft_exp.utils import atomic_write_json, atomic_write_text, read_jsonl
+from reft_exp.utils import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +367,6 @@ def _evaluation(ctx, task: Task, sched: Schedule, out_dir: Path, name: str, init
     if rows is not None and ctx.accelerator.is_main_process:
         write_jsonl(out_dir / OUTPUTS_DIR / f"{name}.jsonl", rows)
     return metrics
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 def _keep_best(task: Task, sched: Schedule, p: Progress, out_dir: Path, accuracy: float, epoch: int,

@@ -32,7 +32,7 @@ from reft_exp.evaluate import score_completions
 from reft_exp.generation import DecodingConfig, generate_distributed
 from reft_exp.models import load_causal_lm, load_tokenizer
 from reft_exp.rl.rollout import rl_prompts
-from reft_exp.stages import Stage, run_stage, stage_key
+from reft_exp.stages import Stage, checkpoint_id, run_stage, stage_key
 from reft_exp.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,6 @@ class SampleSet:
     @property
     def path(self) -> Path:
         return self.stage.dir / SAMPLES_FILE
-
-
-def checkpoint_id(checkpoint: str | Path) -> str:
-    """``<stage folder>/<checkpoint>``: the stage folder name ends with the hash of its config."""
-    p = Path(checkpoint)
-    return f"{p.parent.name}/{p.name}"
 
 
 def draw_samples(ctx: RunContext, checkpoint: str | Path, records: Sequence[dict], sc: SamplingConfig,

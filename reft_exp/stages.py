@@ -60,6 +60,12 @@ def stage_key(cfg: Any, reads: Sequence[str], upstream: dict[str, str] | None = 
     return key
 
 
+def checkpoint_id(checkpoint: str | Path) -> str:
+    """``<stage folder>/<checkpoint>``: the stage folder name ends with the hash of its config."""
+    p = Path(checkpoint)
+    return f"{p.parent.name}/{p.name}"
+
+
 class Stage:
     """A cached stage folder: ``<cache>/<kind>/<label>-<hash>/``."""
 

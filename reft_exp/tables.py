@@ -124,7 +124,8 @@ def record_note(rec: dict) -> str:
     """A note on how a record's number was produced, shown in the tables' ``note`` column: its budget
     (:func:`budget`), which reranker protocol produced a rerank number (the official one selects the reranker
     on the test set, an optimistic number; ``inference.reranker.selection``), and any free ``note`` a record
-    carries."""
+    carries, and the greedy accuracy of a method evaluated from the question alone when the same checkpoint has
+    the P-CoT program header in the prompt (``inference.header_check``)."""
     notes = [str(rec["note"])] if rec.get("note") else []
     if b := budget(rec):
         notes.append(b)
@@ -132,6 +133,9 @@ def record_note(rec: dict) -> str:
     if inf.get("name") == "rerank" and inf.get("selection"):
         notes.append("rerank: reranker selected on the test set (best_on_test, as the official code)"
                      if inf.get("selected_on_test") else f"rerank: {inf['selection']} reranker")
+    if inf.get("accuracy_with_header") is not None:  # inference.header_check (P-CoT, SFT-recipe methods)
+        notes.append(f"{100 * float(inf['accuracy_with_header']):.1f} with the program header in the prompt "
+                     "(as the RL methods and the samples)")
     return "; ".join(notes)
 
 

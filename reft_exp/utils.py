@@ -10,7 +10,7 @@ import random
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,11 @@ def hardware() -> dict[str, Any]:
     if info["cuda_devices"]:
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Rows as a JSON-lines file, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

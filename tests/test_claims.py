@@ -15,6 +15,7 @@ SEEDS = (42, 43, 44)
 # Per seed: greedy accuracies (fractions) of each method, and the ReFT epochs' (score, KL).
 GREEDY = {"sft": (0.60, 0.62, 0.58), "offline_st": (0.60, 0.70, 0.55), "reft": (0.63, 0.66, 0.62)}
 VOTE = {"sft": (0.65, 0.66, 0.64), "reft": (0.64, 0.70, 0.60)}
+SFT_WITH_HEADER = (0.64, 0.63, 0.60)  # SFT's best checkpoint with the program header in the prompt (header_check)
 RERANK = {"sft": (0.70, 0.69, 0.71), "reft": (0.75, 0.74, 0.73)}
 REFT_EPOCHS = [(0.40, 0.10), (0.50, 0.30), (0.60, 0.50)]
 KL0_FINAL = (1.5, 0.4, 2.0)  # final-epoch KL of the beta-0 runs: above 0.5 in two seeds of three, below in one
@@ -36,7 +37,7 @@ def _epochs(rows) -> list[dict]:
         {"epoch": i, "score": s, "kl": k, "test_accuracy": 0.6} for i, (s, k) in enumerate(rows, start=1)]
 
 
-def write_sweep(runs, *, online=False, kl0=True, reft_kl_peak=None, warmups=None):
+def write_sweep(runs, *, online=False, kl0=True, reft_kl_peak=None, warmups=None, with_header=True):
     """``warmups``: per seed, (epoch, training-sample accuracy) of a rule-picked ReFT warm-up."""
     runs.mkdir(parents=True, exist_ok=True)
     recs = []
@@ -50,6 +51,8 @@ def write_sweep(runs, *, online=False, kl0=True, reft_kl_peak=None, warmups=None
                 epoch, acc = warmups[seed]
                 extra["warmup"] = {"epoch": epoch, "rule": "min_sample_accuracy", "min_sample_accuracy": 0.25,
                                    "train_sample_accuracy": {str(epoch - 1): 0.1, str(epoch): acc}}
+            if method == "sft" and with_header:
+                extra["inference"] = {"name": "greedy", "accuracy_with_header": SFT_WITH_HEADER[i]}
             recs.append(_record(method, "greedy", seed, accs[i], epochs=epochs, best_epoch=3, **extra))
         if online:
             recs.append(_record("online_st", "greedy", seed, 0.5))
@@ -80,6 +83,11 @@ def test_each_claim_gets_the_verdict_its_numbers_give(tmp_path):
     # (2a) ReFT - offline = +3, -4, +7: mean 2, std 5.57 -> does not hold; (2b) no online records -> missing
     assert t.loc["2a", "mean"] == pytest.approx(2.0) and t.loc["2a", "verdict"] == claims.NOT_HOLDS
     assert (t.loc["2b", "seeds"], t.loc["2b", "verdict"]) == (0, claims.MISSING) and math.isnan(t.loc["2b", "mean"])
+    # (1b) ReFT - SFT with the program header = -1, +3, +2: mean 1.33, std 2.08 -> does not hold (one prompt);
+    # (3c) SFT vote - SFT with the header = +1, +3, +4: mean 2.67, std 1.53 -> holds
+    assert t.loc["1b", "per_seed"] == "42: -1.00; 43: +3.00; 44: +2.00" and t.loc["1b", "verdict"] == claims.NOT_HOLDS
+    assert t.loc["3c", "mean"] == pytest.approx(8 / 3) and t.loc["3c", "verdict"] == claims.HOLDS
+    assert t.loc["1b", "paper"] == t.loc["1", "paper"]  # the paper has the official prompts only
     # (3b) ReFT vote - greedy = +1, +4, -2 -> does not hold; (4a) SFT rerank - vote = +5, +3, +7 -> holds
     assert t.loc["3b", "verdict"] == claims.NOT_HOLDS and t.loc["4a", "verdict"] == claims.HOLDS
     # (5) ReFT + rerank minus the best other cell (SFT rerank 70, offline / ReFT vote 70, SFT rerank 71): +5, +4, +2
@@ -95,10 +103,13 @@ def test_each_claim_gets_the_verdict_its_numbers_give(tmp_path):
 
 
 def test_kl_above_the_bound_fails_claim_seven_and_missing_cells_say_missing(tmp_path):
-    write_sweep(tmp_path / "runs", kl0=False, reft_kl_peak=5.0)
+    write_sweep(tmp_path / "runs", kl0=False, reft_kl_peak=5.0, with_header=False)
     t = _rows(tmp_path / "runs")
     assert t.loc["7", "verdict"] == claims.NOT_HOLDS and "max epoch KL 5.00 (bound 2)" in t.loc["7", "claim"]
     assert t.loc["6", "verdict"] == claims.MISSING
+    # SFT records without accuracy_with_header (N-CoT, or header_check off): the one-prompt claims are missing
+    assert (t.loc["1b", "verdict"], t.loc["3c", "verdict"]) == (claims.MISSING, claims.MISSING)
+    assert t.loc["1", "verdict"] == claims.HOLDS
 
 
 def test_report_files_hold_every_claim_and_the_vote_curve(tmp_path):
@@ -106,13 +117,13 @@ def test_report_files_hold_every_claim_and_the_vote_curve(tmp_path):
     paths = claims.main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--tag", "claims"])
     assert [p.name for p in paths] == ["claims.md", "claims.csv"]
     csv = pd.read_csv(tmp_path / "out" / "claims.csv", dtype={"id": str})
-    assert list(csv["id"]) == ["1", "2a", "2b", "3a", "3b", "4a", "4b", "5", "6", "7"]
+    assert list(csv["id"]) == ["1", "1b", "2a", "2b", "3a", "3b", "3c", "4a", "4b", "5", "6", "7"]
     assert csv.set_index("id").loc["2b", "verdict"] == claims.HOLDS  # ReFT 63-66% vs online 50%
     md = (tmp_path / "out" / "claims.md").read_text()
     assert "3 seed(s) (42, 43, 44)" in md
     assert ("Budget: SFT: SFT 4 epochs, best 3/4; ReFT: warm-up SFT epoch 2/4 + 3 x 640 questions, best epoch 3; "
             "K = 8 samples per test question.") in md
-    assert md.count("| holds") + md.count("| does not hold") == 10
+    assert md.count("| holds") + md.count("| does not hold") == 12
     assert "warm-up per seed" not in md  # the records carry no rule-picked warm-up
     # vote accuracy against K: the mean over seeds of K=1 and K=8 per method
     assert "Majority-vote accuracy against K" in md

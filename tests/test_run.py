@@ -31,6 +31,7 @@ def test_single_run_writes_a_complete_record(tmp_path):
     assert rec["hardware"]["cpu_count"] >= 1
     assert {"data", "method", "total"} <= set(rec["timings_s"])
     assert rec["stages"]["sft"]["reused"] is False
+    assert "accuracy_with_header" not in rec["inference"]  # N-CoT: no program header to check
     assert rec["distributed"] == {"world_size": 1, "distributed_type": "NO", "process_index": 0}
     # which files composed the cell, auto-selected ones included; none for an optional file that does not exist
     assert rec["hydra_choices"]["method"] == "sft" and rec["hydra_choices"]["scale"] == "tiny"
@@ -79,6 +80,8 @@ def test_pcot_runs_end_to_end(tmp_path):
     # the greedy evaluation ran the model's programs: the epoch has an accuracy and an extraction rate
     assert {"test_accuracy", "test_extracted"} <= set(rec["epochs"][0])
     assert rec["config"]["cot"]["name"] == "p" and rec["stages"]["sft"]["reused"] is False
+    # inference.header_check: SFT's best checkpoint also evaluated with the P-CoT header in the prompt
+    assert 0.0 <= rec["inference"]["accuracy_with_header"] <= 1.0 and "header_eval" in rec["stages"]
 
 
 def test_pcot_scoring_runs_the_programs():

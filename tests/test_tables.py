@@ -189,3 +189,16 @@ def test_rerank_rows_say_which_reranker_protocol_produced_them(tmp_path):
     greedy = _write(tmp_path / "greedy", _record("codellama-7b", "gsm8k", "p", "sft", 0.6))
     t1 = tables.build_table1(tables.load_records(greedy), tables.load_paper("value_accuracy"))
     assert tables.NOTE not in {label for label, _ in t1.columns}
+
+
+def test_sft_row_notes_its_accuracy_with_the_program_header(tmp_path):
+    """inference.header_check: an SFT-recipe cell evaluated from the question alone names, in Table 1's note, its
+    checkpoint's greedy accuracy with the P-CoT header in the prompt (the prompt of ReFT's number)."""
+    sft = _record("codellama-7b", "gsm8k", "p", "sft", 0.587)
+    sft["inference"]["accuracy_with_header"] = 0.6733
+    reft = _record("codellama-7b", "gsm8k", "p", "reft", 0.593)
+    t1 = tables.build_table1(tables.load_records(_write(tmp_path / "runs", sft, reft)),
+                             tables.load_paper("value_accuracy"))
+    notes = t1[(tables.NOTE, "")]
+    assert notes.loc[("codellama-7b", "sft")] == "67.3 with the program header in the prompt (as the RL methods and the samples)"
+    assert notes.loc[("codellama-7b", "reft")] == ""

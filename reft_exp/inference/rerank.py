@@ -41,8 +41,8 @@ from reft_exp.methods.sft import sft_checkpoint, sft_stage
 from reft_exp.models import DTYPES, load_tokenizer
 from reft_exp.prompts import build_prompt
 from reft_exp.runner import GeneratorState, Schedule, Task, remove_state, train
-from reft_exp.sampling import SampleSet, checkpoint_id, sample_stage, samples_stage_of
-from reft_exp.stages import Stage, run_stage, stage_key
+from reft_exp.sampling import SampleSet, sample_stage, samples_stage_of
+from reft_exp.stages import Stage, checkpoint_id, run_stage, stage_key
 from reft_exp.utils import atomic_write_json
 
 log = logging.getLogger(__name__)

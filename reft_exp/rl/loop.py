@@ -12,19 +12,9 @@ import torch
 
 from reft_exp.checkpoint import save_model
 from reft_exp.config import ConfigError, RLLoopConfig
-from reft_exp.evaluate import eval_outputs, greedy_eval
+from reft_exp.evaluate import cached_greedy_eval, eval_outputs, greedy_eval
 from reft_exp.rl.rollout import rollout_rows
-from reft_exp.runner import Schedule, Task, write_jsonl
-from reft_exp.sampling import checkpoint_id
-from reft_exp.stages import Stage, run_stage, stage_key
-from reft_exp.utils import read_jsonl
-
-# What the greedy evaluation of a checkpoint reads: its stage key holds these, the checkpoint and the asking
-# method's evaluation settings (header, length, batch). Every RL method starting from one warm-up with the same
-# settings (ReFT, online self-training, GRPO, RLOO, ...) then evaluates it once.
-EVAL_READS = ("model", "dataset", "cot", "reward", "executor", "inference.max_new_tokens",
-              "accelerate.mixed_precision")
-EVAL_OUTPUTS_FILE = "outputs.jsonl"
+from reft_exp.runner import Schedule, Task
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -93,26 +83,15 @@ class RLTask(Task):
         return {"test_accuracy": res.accuracy, "outputs": eval_outputs(ctx.splits["test"], res)}
 
     def evaluate_initial(self) -> dict:
-        """Epoch 0: the evaluation of the checkpoint the run starts from, a cached ``greedy_eval`` stage (keyed
-        by :data:`EVAL_READS`, the checkpoint and this method's evaluation settings), so the warm-up is evaluated
-        once for every RL method and cell that starts from it. Its outputs are kept in the stage."""
+        """Epoch 0: the evaluation of the checkpoint the run starts from, a cached ``greedy_eval`` stage
+        (:func:`reft_exp.evaluate.cached_greedy_eval`: keyed by the checkpoint and this method's evaluation
+        settings), so the warm-up is evaluated once for every RL method and cell that starts from it."""
         if self.init_path is None:
             return self.evaluate()
-        ctx, cfg, rc = self.ctx, self.ctx.cfg, self.rc
+        rc = self.rc
         settings = {"with_header": rc.eval_with_header, "max_length": rc.eval_max_length,
                     "batch_size": rc.eval_batch_size}
-        stage = Stage(ctx.cache_dir, "greedy_eval", f"{cfg.model.name}_{cfg.dataset.name}_{ctx.cot}",
-                      stage_key(cfg, EVAL_READS, {"checkpoint": checkpoint_id(self.init_path)}, node=settings))
-
-        def compute(folder: Path) -> dict:
-            metrics = self.evaluate()
-            rows = metrics.pop("outputs")
-            if ctx.accelerator.is_main_process:
-                write_jsonl(folder / EVAL_OUTPUTS_FILE, rows)
-            return metrics
-
-        ctx.note_stage(stage, run_stage(stage, ctx.accelerator, compute), name="warmup_eval")
-        return stage.meta() | {"outputs": read_jsonl(stage.dir / EVAL_OUTPUTS_FILE)}
+        return cached_greedy_eval(self.ctx, self.init_path, settings, self.evaluate, name="warmup_eval")
 
     def save_model(self, folder: Path) -> None:
         save_model(self.ctx.accelerator, self.lm(), self.tokenizer, folder)
