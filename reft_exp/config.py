@@ -120,6 +120,16 @@ class ArithDatasetConfig(DatasetConfig):
     # P-CoT: the forms a record's program is written in, one drawn per record (several valid programs per
     # question, the annotation shows one): stepwise | declare_first | one_expression (reft_exp/data/arith.py)
     program_forms: list[str] = field(default_factory=lambda: ["stepwise"])
+    # A validation split: val_size questions drawn after train and test (disjoint from both; 0 = none, and the
+    # train / test records do not change with it). eval_split val evaluates on it wherever the test split is used
+    # (greedy epochs, best epoch, samples for voting and reranking), for choosing a regime without the test
+    # split; its records need a tag (root.tag), so they never mix with test numbers in tables and claims.
+    val_size: int = 0
+    eval_split: str = one_of("test", "val")
+
+    def __post_init__(self):
+        if self.eval_split == "val" and self.val_size < 1:
+            raise ValueError("dataset.eval_split=val needs dataset.val_size >= 1 (the validation questions)")
 
 
 @dataclass
@@ -722,6 +732,9 @@ def validate(cfg: DictConfig, choices: dict[str, Any] | None = None, overrides: 
     cot = typed.cot.name
     if cot not in typed.dataset.warmup_epoch:
         raise ConfigError(f"dataset.warmup_epoch has no entry for cot={cot!r} (in {where('dataset.warmup_epoch')})")
+    if getattr(typed.dataset, "eval_split", "test") != "test" and not typed.tag:
+        raise ConfigError(f"dataset.eval_split={typed.dataset.eval_split} needs a tag (e.g. tag=val): its records "
+                          f"must not mix with test-split records in the tables (in {where('dataset.eval_split')})")
     if typed.accelerate.zero_stage and typed.accelerate.cpu:
         raise ConfigError(f"accelerate.zero_stage={typed.accelerate.zero_stage} needs GPUs, but accelerate.cpu=true "
                           f"(in {where('accelerate.cpu')})")

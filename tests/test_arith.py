@@ -95,3 +95,31 @@ def test_unknown_program_form_is_refused():
 
     with pytest.raises(ValueError, match="program_forms"):
         generate_arith(3, 10, 0, "p", program_forms=["stepwise", "one_line"])
+
+
+def test_validation_split_is_disjoint_and_leaves_train_and_test_unchanged():
+    plain = generate_arith(1234, 300, 60, "p")
+    with_val = generate_arith(1234, 300, 60, "p", val_size=80)
+    assert with_val["train"] == plain["train"] and with_val["test"] == plain["test"] and "val" not in plain
+    val = with_val["val"]
+    assert len(val) == 80 and val[0]["item_id"] == "arith_val_0"
+    seen = {r["question"] for split in ("train", "test") for r in with_val[split]}
+    assert not seen & {r["question"] for r in val}
+
+
+def test_eval_split_val_puts_the_validation_questions_where_every_evaluation_reads(tmp_path):
+    import pytest
+    from conftest import run_config
+
+    from reft_exp.config import ConfigError
+    from reft_exp.data import load_splits
+
+    small = ["dataset.train_size=100", "dataset.test_size=20", "dataset.val_size=30"]
+    cfg = run_config([*small, "dataset.eval_split=val", "tag=val"], tmp_path)
+    splits = load_splits(cfg.dataset, "n")
+    assert [r["item_id"] for r in splits["test"]] == [f"arith_val_{i}" for i in range(30)]
+    assert splits["train"] == load_splits(run_config(small, tmp_path).dataset, "n")["train"]
+    with pytest.raises(ConfigError, match="dataset.eval_split=val needs a tag"):
+        run_config([*small, "dataset.eval_split=val"], tmp_path)
+    with pytest.raises(ConfigError, match="needs dataset.val_size >= 1"):
+        run_config(["dataset.eval_split=val", "tag=val"], tmp_path)

@@ -193,7 +193,8 @@ def test_every_enum_field_is_checked_at_start(select, key, choices, tmp_path):
     for good in choices:  # and every listed choice is accepted
         if key == "cot.name" or (key, good) == ("accelerate.zero_stage", 2) or good == choices[0]:
             continue  # cot.name must match dataset.warmup_epoch's keys; ZeRO needs accelerate.cpu=false
-        _load([*select, f"++{key}={good}"], tmp_path)
+        needs = {"dataset.eval_split": ["dataset.val_size=5", "tag=val"]}.get(key, [])  # its own checks
+        _load([*select, f"++{key}={good}", *needs], tmp_path)
 
 
 def test_record_choices_name_the_files_that_composed_the_cell(tmp_path):

@@ -178,12 +178,15 @@ class ArithGenerator:
                 "answer_value": str(prev)}
 
 
-def generate_arith(seed: int, train_size: int, test_size: int, cot: str, **kwargs) -> dict[str, list[dict]]:
-    """Train and test splits in the upstream schema, disjoint by question text."""
+def generate_arith(seed: int, train_size: int, test_size: int, cot: str, val_size: int = 0,
+                   **kwargs) -> dict[str, list[dict]]:
+    """Train and test splits (and ``val`` when ``val_size``) in the upstream schema, disjoint by question text.
+    The validation questions are drawn last, so train and test are the same with or without them."""
     gen = ArithGenerator(seed, **kwargs)
     seen: set[str] = set()
-    splits: dict[str, list[dict]] = {"train": [], "test": []}
-    for split, size in (("test", test_size), ("train", train_size)):
+    sizes = {"test": test_size, "train": train_size} | ({"val": val_size} if val_size else {})  # drawn in this order
+    splits: dict[str, list[dict]] = {"train": [], "test": []} | ({"val": []} if val_size else {})
+    for split, size in sizes.items():
         attempts = 0
         while len(splits[split]) < size:
             attempts += 1
