@@ -180,7 +180,8 @@ class ArithGenerator:
 
 def generate_arith(seed: int, train_size: int, test_size: int, cot: str, val_size: int = 0,
                    **kwargs) -> dict[str, list[dict]]:
-    """Train and test splits (and ``val`` when ``val_size``) in the upstream schema, disjoint by question text.
+    """Train and test splits (and ``val`` when ``val_size``) in the record schema of the official data files
+    (item_id, question, answer_cot, answer_value: data/gsm8k_nl.json), disjoint by question text.
     The validation questions are drawn last, so train and test are the same with or without them."""
     gen = ArithGenerator(seed, **kwargs)
     seen: set[str] = set()
