@@ -80,8 +80,14 @@ def test_pcot_runs_end_to_end(tmp_path):
     # the greedy evaluation ran the model's programs: the epoch has an accuracy and an extraction rate
     assert {"test_accuracy", "test_extracted"} <= set(rec["epochs"][0])
     assert rec["config"]["cot"]["name"] == "p" and rec["stages"]["sft"]["reused"] is False
-    # inference.header_check: SFT's best checkpoint also evaluated with the P-CoT header in the prompt
-    assert 0.0 <= rec["inference"]["accuracy_with_header"] <= 1.0 and "header_eval" in rec["stages"]
+    # inference.header_check: SFT's best checkpoint also evaluated with the P-CoT header in the prompt, a cached
+    # stage: the cell recomputed reuses it (and the SFT run) and reports the same number
+    assert 0.0 <= rec["inference"]["accuracy_with_header"] <= 1.0 and rec["stages"]["header_eval"]["reused"] is False
+    proc = run_app([f"paths.results_dir={tmp_path}/results", "cot=p", *QUICK, "overwrite=true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "results" / "runs" / "tiny__arith__p__sft__greedy__seed42.json").read_text())
+    assert again["stages"]["header_eval"]["reused"] is True and again["stages"]["sft"]["reused"] is True
+    assert again["inference"]["accuracy_with_header"] == rec["inference"]["accuracy_with_header"]
 
 
 def test_pcot_scoring_runs_the_programs():
