@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+from conftest import run_config
+
 from reft_exp.answers import AnswerSpec, extract_answers, parse_gold
+from reft_exp.config import ConfigError
+from reft_exp.data import load_splits
 from reft_exp.data.arith import generate_arith
 from reft_exp.prompts import build_prompt, build_target, program_header
 
@@ -91,8 +96,6 @@ def test_program_forms_give_several_valid_programs_per_kind_of_question():
 
 
 def test_unknown_program_form_is_refused():
-    import pytest
-
     with pytest.raises(ValueError, match="program_forms"):
         generate_arith(3, 10, 0, "p", program_forms=["stepwise", "one_line"])
 
@@ -108,12 +111,6 @@ def test_validation_split_is_disjoint_and_leaves_train_and_test_unchanged():
 
 
 def test_eval_split_val_puts_the_validation_questions_where_every_evaluation_reads(tmp_path):
-    import pytest
-    from conftest import run_config
-
-    from reft_exp.config import ConfigError
-    from reft_exp.data import load_splits
-
     small = ["dataset.train_size=100", "dataset.test_size=20", "dataset.val_size=30"]
     cfg = run_config([*small, "dataset.eval_split=val", "tag=val"], tmp_path)
     splits = load_splits(cfg.dataset, "n")
