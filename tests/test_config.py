@@ -19,6 +19,7 @@ from reft_exp.config import (
     TinyModelConfig,
     load_run_config,
 )
+from reft_exp.results import cell_id
 
 pytestmark = pytest.mark.seconds(19)  # its measured time in `make test`: orders the collection (conftest)
 
@@ -249,3 +250,11 @@ def test_tiny_consumers_share_their_samples_stages(tmp_path):
     assert rerank.sampling == vote.sampling
     assert rerank.reranker.train_sampling == offline.sampling
     assert vote.sampling.num_samples < 100  # the tiny scale's own size, from conf/model_inference/
+
+
+def test_a_tag_can_name_a_swept_key_so_each_value_keeps_its_record(tmp_path):
+    """README: a sweep over a key outside the record's name keeps one record per value when the tag names it."""
+    ids = {cell_id(_load(["experiment=smoke", "cell=reft_majority_vote", f"inference.sampling.temperature={t}",
+                          "tag=T${inference.sampling.temperature}"], tmp_path)) for t in (1.0, 0.5)}
+    assert ids == {"tiny__arith__p__reft__majority_vote__seed42__T1.0",
+                   "tiny__arith__p__reft__majority_vote__seed42__T0.5"}
