@@ -191,6 +191,21 @@ def test_rerank_rows_say_which_reranker_protocol_produced_them(tmp_path):
     assert tables.NOTE not in {label for label, _ in t1.columns}
 
 
+def test_vote_and_rerank_rows_note_the_bounds_of_their_samples(tmp_path):
+    """Table 2's note gives a vote its range (one sample right, any of the K right) and a rerank its chance
+    level (a uniform pick among the candidates): the demo's ReFT figures, one row from two records."""
+    vote = _record("codellama-7b", "gsm8k", "p", "reft", 0.58, inference="majority_vote")
+    vote["inference"] |= {"sample_accuracy": 0.4333, "upper_bound": 0.82}
+    rerank = _record("codellama-7b", "gsm8k", "p", "reft", 0.34, inference="rerank")
+    rerank["inference"] |= {"selection": "final", "selected_on_test": False, "sample_accuracy": 0.4333,
+                            "upper_bound": 0.82, "uniform_pick_accuracy": 0.3444}
+    t2 = tables.build_table2(tables.load_records(_write(tmp_path / "runs", vote, rerank)),
+                             tables.load_paper("voting_rerank"))
+    assert t2[(tables.NOTE, "")].loc[("codellama-7b", "reft")] == (
+        "vote: one sample right 43.3%, any of the K 82.0%; rerank: final reranker; "
+        "a uniform pick among the candidates 34.4%")
+
+
 def test_sft_row_notes_its_accuracy_with_the_program_header(tmp_path):
     """inference.header_check: an SFT-recipe cell evaluated from the question alone names, in Table 1's note, its
     checkpoint's greedy accuracy with the P-CoT header in the prompt (the prompt of ReFT's number)."""
