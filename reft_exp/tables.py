@@ -126,20 +126,21 @@ def record_note(rec: dict) -> str:
     on the test set, an optimistic number; ``inference.reranker.selection``), and any free ``note`` a record
     carries, and the greedy accuracy of a method evaluated from the question alone when the same checkpoint has
     the P-CoT program header in the prompt (``inference.header_check``). A vote's and a rerank's number get
-    their bounds from the same samples: one sample right and any of the K right (a vote lies between them when
-    right answers repeat), and a uniform pick among the unique candidates (a reranker that knows nothing)."""
+    their reference points from the same samples: one sample right and any of the K right (the vote's ceiling),
+    and a uniform pick among the unique candidates (a reranker that knows nothing)."""
     notes = [str(rec["note"])] if rec.get("note") else []
     if b := budget(rec):
         notes.append(b)
     inf = rec.get("inference") or {}
-    if inf.get("name") == "majority_vote" and inf.get("sample_accuracy") is not None:  # what the vote starts from
+    if inf.get("name") == "majority_vote" and None not in (inf.get("sample_accuracy"), inf.get("upper_bound")):
         notes.append(f"vote: one sample right {100 * float(inf['sample_accuracy']):.1f}%, any of the K "
                      f"{100 * float(inf['upper_bound']):.1f}%")
-    if inf.get("name") == "rerank" and inf.get("selection"):
-        notes.append("rerank: reranker selected on the test set (best_on_test, as the official code)"
-                     if inf.get("selected_on_test") else f"rerank: {inf['selection']} reranker")
-    if inf.get("name") == "rerank" and inf.get("uniform_pick_accuracy") is not None:  # a reranker that knows nothing
-        notes.append(f"a uniform pick among the candidates {100 * float(inf['uniform_pick_accuracy']):.1f}%")
+    if inf.get("name") == "rerank":
+        if inf.get("selection"):
+            notes.append("rerank: reranker selected on the test set (best_on_test, as the official code)"
+                         if inf.get("selected_on_test") else f"rerank: {inf['selection']} reranker")
+        if inf.get("uniform_pick_accuracy") is not None:  # a reranker that knows nothing
+            notes.append(f"a uniform pick among the candidates {100 * float(inf['uniform_pick_accuracy']):.1f}%")
     if inf.get("accuracy_with_header") is not None:  # inference.header_check (P-CoT, SFT-recipe methods)
         notes.append(f"{100 * float(inf['accuracy_with_header']):.1f} with the program header in the prompt "
                      "(as the RL methods and the samples)")
