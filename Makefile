@@ -81,7 +81,7 @@ demo-real: $(STAMP)
 
 claims: $(STAMP)
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=claims $(DEMO_ARGS)
-	@echo "claims report (3 seeds, ~43 minutes on 2 cores): results/claims.md (+ .csv); records: results/claims_runs/"
+	@echo "claims report (3 seeds, 28-47 minutes on 2 cores): results/claims.md (+ .csv); records: results/claims_runs/"
 
 clean:
 	rm -rf outputs multirun results/runs results/claims_runs results/claims.md results/claims.csv results/cache results/tables results/plots .pytest_cache .ruff_cache
