@@ -515,6 +515,7 @@ class RolloutConfig:
     compile_cpu: bool = False  # also compile on CPU (slow to build; off by default)
     compile_mode: str = one_of("reduce-overhead", "default", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile
     cache_pad_multiple: int = 64  # hf_static: static cache length rounded up to this (fewer recompiles)
+    preallocate_cache: bool = True  # hf: the dynamic cache written into a buffer (reft_exp.engines.BufferedCache)
     vllm_gpu_memory_utilization: float = 0.3  # vllm: fraction of GPU memory for its KV cache
 
 

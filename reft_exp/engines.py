@@ -6,7 +6,10 @@ sampling semantics are the same in every engine (temperature, top-k with 0 = off
 ``do_sample`` is false), so switching engines changes speed, not the distribution. Chosen by
 ``rollout.engine`` (``conf/rollout/``):
 
-* ``hf``: plain ``model.generate`` with the dynamic KV cache (the baseline).
+* ``hf``: plain ``model.generate`` with the dynamic KV cache (the baseline). With ``preallocate_cache`` (the
+  default) the dynamic cache keeps each layer's keys and values in one buffer of prompt + ``max_new_tokens``
+  positions and writes each step's into it, instead of concatenating the whole cache at every step
+  (:class:`BufferedCache`): attention sees tensors of the same shapes and values, the outputs are the same.
 * ``hf_static``: ``model.generate`` with a static KV cache whose length is rounded up to
   ``cache_pad_multiple`` (so later calls reuse the same shapes) and, on a GPU, a ``torch.compile``'d decode
   step (CUDA graphs, ``compile_mode``). The optimizer updates the weights in place, so compiled graphs stay
@@ -22,6 +25,7 @@ The app installs the configured engine as the process default (:func:`set_defaul
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 from collections.abc import Iterator
@@ -43,8 +47,107 @@ def sampling_kwargs(do_sample: bool, temperature: float, top_k: int, top_p: floa
     return {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
 
 
+try:  # the layered cache API (transformers >= 4.56); older versions generate with their own dynamic cache
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+except ImportError:  # pragma: no cover - depends on the installed transformers
+    DynamicLayer = None
+
+
+if DynamicLayer is not None:
+
+    class BufferedLayer(DynamicLayer):
+        """A dynamic cache layer whose ``keys`` / ``values`` are views of the first positions of a buffer: ``update``
+        writes the new positions in place (grown by ``capacity`` positions when full) where ``DynamicLayer``
+        concatenates the whole cache at every step, a copy that grows with the sequence (37% of a CPU sampling
+        profile: benchmarks/RESULTS.md). Attention gets the same values in the same shapes."""
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = max(int(capacity), 1)
+            self._k: torch.Tensor | None = None
+            self._v: torch.Tensor | None = None
+            self._n = 0
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.device = key_states.device
+            self._k = self._v = None
+            self._n = 0
+            self.is_initialized = True
+
+        def _reserve(self, like_k: torch.Tensor, like_v: torch.Tensor, total: int) -> None:
+            if self._k is not None and total <= self._k.shape[-2]:
+                return
+            size = self.capacity * math.ceil(total / self.capacity)
+            k = like_k.new_empty((*like_k.shape[:-2], size, like_k.shape[-1]))
+            v = like_v.new_empty((*like_v.shape[:-2], size, like_v.shape[-1]))
+            if self._n:
+                k[..., : self._n, :] = self._k[..., : self._n, :]
+                v[..., : self._n, :] = self._v[..., : self._n, :]
+            self._k, self._v = k, v
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, end = self._n, self._n + key_states.shape[-2]
+            self._reserve(key_states, value_states, end)
+            self._k[..., n:end, :] = key_states
+            self._v[..., n:end, :] = value_states
+            self._n = end
+            self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
+            return self.keys, self.values
+
+        def _adopt(self) -> None:
+            """After an operation of ``DynamicLayer`` replaced ``keys`` / ``values`` (crop, batch selection,
+            repetition): they become the buffer's content."""
+            self._k, self._v = self.keys, self.values
+            self._n = 0 if self.keys is None or self.keys.dim() < 2 else self.keys.shape[-2]
+
+        def reset(self) -> None:
+            super().reset()
+            self._k = self._v = None
+            self._n = 0
+
+        def crop(self, tokens_to_remove: int) -> None:
+            super().crop(tokens_to_remove)
+            if self.is_initialized:
+                self._adopt()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            super().batch_repeat_interleave(repeats)
+            self._adopt()
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            super().batch_select_indices(indices)
+            self._adopt()
+
+    class BufferedCache(DynamicCache):
+        """A :class:`DynamicCache` of :class:`BufferedLayer` (one per decoder layer), each reserving ``capacity``
+        positions at a time: pass prompt width + max new tokens and a generation never copies its cache."""
+
+        def __init__(self, num_layers: int, capacity: int):
+            Cache.__init__(self, layers=[BufferedLayer(capacity) for _ in range(num_layers)])
+
+
+def preallocated_cache(model, capacity: int):
+    """A :class:`BufferedCache` for ``model`` of ``capacity`` positions; None where the model or the installed
+    transformers does not use the layered dynamic cache (then ``generate`` makes its own)."""
+    if DynamicLayer is None:
+        return None
+    config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") else model.config
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and any(t != "full_attention" for t in layer_types):
+        return None  # sliding-window / linear-attention layers keep their own cache classes
+    return BufferedCache(config.num_hidden_layers, capacity)
+
+
+def cache_kwarg(model) -> str:
+    """The name under which ``generate`` takes a cache: ``cache`` (transformers >= 5.x), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 class HFEngine:
-    """``model.generate`` as it is (dynamic cache)."""
+    """``model.generate`` as it is (dynamic cache; its buffered form with ``preallocate_cache``)."""
 
     name = "hf"
 
@@ -52,7 +155,8 @@ class HFEngine:
         self.cfg = cfg or RolloutConfig(engine=self.name)
 
     def extra_kwargs(self, model, width: int, max_new_tokens: int) -> dict:
-        return {}
+        cache = preallocated_cache(model, width + max_new_tokens) if self.cfg.preallocate_cache else None
+        return {} if cache is None else {cache_kwarg(model): cache}
 
     @torch.no_grad()
     def generate(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int,

@@ -78,6 +78,14 @@ def test_generation_batch_benchmark_smoke(tmp_path) -> None:
     assert (tmp_path / "g.json").exists()
 
 
+def test_kv_cache_benchmark_smoke(tmp_path) -> None:
+    out = _script("kv_cache.py", "--results-dir", str(tmp_path), "--train-size", "64", "--test-size", "8",
+                  "--sft-epochs", "1", "--questions", "4", "--samples", "3", "--max-new-tokens", "12",
+                  "--sample-max-new-tokens", "12", "--repeats", "1", "--json", str(tmp_path / "kv.json")).stdout
+    assert out.count("outputs identical") == 2  # greedy and sampled, token for token
+    assert (tmp_path / "kv.json").exists()
+
+
 def test_response_logits_benchmark_smoke() -> None:
     out = _run_benchmark("response_logits.py", "--records", "100", "--questions", "2", "--repeats", "1")
     assert "log-probs and values identical: True" in out  # the LM head on fewer positions changes no number

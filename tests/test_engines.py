@@ -1,4 +1,5 @@
-"""Rollout engines (reft_exp.engines): ``hf_static`` (static KV cache) gives what plain ``hf`` gives."""
+"""Rollout engines (reft_exp.engines): ``hf_static`` (static KV cache) and ``hf`` with its buffered dynamic cache
+give what plain ``generate`` gives."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import torch
 
 from reft_exp.config import RolloutConfig, TinyModelConfig
 from reft_exp.data.arith import generate_arith
-from reft_exp.engines import HFEngine, HFStaticEngine, VLLMEngine, default_engine, make_engine, using_engine
+from reft_exp.engines import (
+    BufferedCache,
+    HFEngine,
+    HFStaticEngine,
+    VLLMEngine,
+    default_engine,
+    make_engine,
+    preallocated_cache,
+    using_engine,
+)
 from reft_exp.generation import DecodingConfig, generate_texts
 from reft_exp.models import build_tiny_model, load_causal_lm, load_tokenizer
 from reft_exp.prompts import build_prompt
@@ -61,6 +71,42 @@ def test_static_cache_sampling_matches_hf_with_same_seed(tiny):
     assert ro_static.completions == ro_hf.completions
     assert torch.equal(ro_static.input_ids, ro_hf.input_ids)
     assert torch.equal(ro_static.response_mask, ro_hf.response_mask)
+
+
+def _plain():
+    return HFEngine(RolloutConfig(engine="hf", preallocate_cache=False))
+
+
+@pytest.mark.parametrize("capacity", [None, 7])  # None: prompt + max new tokens (never grows); 7: grows by 7s
+def test_buffered_cache_gives_what_the_concatenating_cache_gives(tiny, monkeypatch, capacity):
+    """Greedy and sampled outputs with the same seed are identical token for token, and the buffered cache is
+    the one generate used: its buffer holds prompt + generated positions without a reallocation per step."""
+    model, tok, records = tiny
+    prompts = [build_prompt(r["question"], "n") for r in records[:12]]
+    caches = []
+    engine = HFEngine()
+    make = preallocated_cache
+
+    def spy(model_, cap):
+        caches.append(make(model_, capacity or cap))
+        return caches[-1]
+
+    monkeypatch.setattr("reft_exp.engines.preallocated_cache", spy)
+    greedy = DecodingConfig(do_sample=False, max_new_tokens=24)
+    assert generate_texts(model, tok, prompts, greedy, 5, engine=engine) == \
+        generate_texts(model, tok, prompts, greedy, 5, engine=_plain())
+    sampled = DecodingConfig(do_sample=True, temperature=1.0, top_k=50, max_new_tokens=24, num_return_sequences=4)
+    torch.manual_seed(3)
+    ours = generate_texts(model, tok, prompts, sampled, 5, engine=engine)
+    torch.manual_seed(3)
+    assert ours == generate_texts(model, tok, prompts, sampled, 5, engine=_plain())
+    assert len({t for o in ours for t in o}) > 12  # the samples differ: the comparison can fail
+    assert len(caches) == 6 and all(isinstance(c, BufferedCache) for c in caches)
+    layer = caches[-1].layers[0]
+    assert layer._n == caches[-1].get_seq_length() > 0
+    step = capacity or layer.capacity
+    assert layer._k.shape[-2] == step * -(-layer._n // step)  # the buffer: the positions used, rounded up to a step
+    assert layer._k.shape[0] == 2 * 4  # the last batch: 2 prompts x 4 samples
 
 
 def test_default_engine_and_selection(monkeypatch):

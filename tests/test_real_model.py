@@ -162,6 +162,32 @@ def test_rollout_scored_by_the_sandbox_then_a_ppo_update_moves_the_policy(real):
     assert change > 1e-3
 
 
+def test_buffered_kv_cache_generates_what_the_concatenating_cache_generates(real):
+    """The default ``hf`` engine's buffered dynamic cache on the real model (30 layers, grouped-query attention):
+    greedy and sampled (same seed) token ids identical to plain ``generate``'s."""
+    from reft_exp.config import RolloutConfig
+    from reft_exp.engines import HFEngine
+    from reft_exp.generation import encode_prompts, left_pad
+    from reft_exp.models import load_causal_lm, load_tokenizer
+    from reft_exp.rl.rollout import rl_prompts
+
+    cfg, folder, splits = real
+    tok, lm = load_tokenizer(folder, cfg.model), load_causal_lm(folder, cfg.model).eval()
+    ids, attn = left_pad(tok, encode_prompts(tok, rl_prompts(splits["test"][:2], "p"), cfg.model.add_special_tokens))
+    outs = {}
+    for name, engine in {"buffered": HFEngine(), "plain": HFEngine(RolloutConfig(preallocate_cache=False))}.items():
+        for do_sample in (False, True):
+            torch.manual_seed(5)
+            outs[name, do_sample] = engine.generate(
+                lm, ids, attn, max_new_tokens=16, do_sample=do_sample, temperature=1.0, top_k=50,
+                num_return_sequences=2 if do_sample else 1, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id)
+    for do_sample in (False, True):
+        assert torch.equal(outs["buffered", do_sample], outs["plain", do_sample])
+    assert outs["plain", True].shape[1] > ids.shape[1] + 8  # it generated (more than a few tokens)
+    assert not torch.equal(outs["plain", True][0], outs["plain", True][1])  # two different samples: can fail
+
+
 # ------------------------------------------------------------------------------------------ one-line errors
 def _app(*args: str, env_extra: dict | None = None, tmp_path=None) -> subprocess.CompletedProcess:
 
