@@ -68,11 +68,11 @@ if DynamicLayer is not None:
             self._v: torch.Tensor | None = None
             self._n = 0
 
-        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-            self.device = key_states.device
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor | None = None) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
             self._k = self._v = None
             self._n = 0
-            self.is_initialized = True
+            self.is_initialized = True  # transformers >= 4.58 reads it; 4.56-4.57 test `keys is None`
 
         def _reserve(self, like_k: torch.Tensor, like_v: torch.Tensor, total: int) -> None:
             if self._k is not None and total <= self._k.shape[-2]:
@@ -87,7 +87,7 @@ if DynamicLayer is not None:
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-            if not self.is_initialized:
+            if self._k is None:
                 self.lazy_initialization(key_states, value_states)
             n, end = self._n, self._n + key_states.shape[-2]
             self._reserve(key_states, value_states, end)
@@ -110,8 +110,7 @@ if DynamicLayer is not None:
 
         def crop(self, tokens_to_remove: int) -> None:
             super().crop(tokens_to_remove)
-            if self.is_initialized:
-                self._adopt()
+            self._adopt()
 
         def batch_repeat_interleave(self, repeats: int) -> None:
             super().batch_repeat_interleave(repeats)
