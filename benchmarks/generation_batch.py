@@ -46,19 +46,25 @@ def train_sft(args):
     return Path(record["stages"]["sft"]["dir"]) / f"epoch_{args.sft_epochs}", cfg
 
 
-def timed_generate(model, tok, prompts, decoding, batch_size) -> tuple[float, list[list[str]]]:
+def add_checkpoint_args(ap: argparse.ArgumentParser) -> None:
+    """The options of :func:`train_sft` (the benchmarked checkpoint), shared with benchmarks/kv_cache.py."""
+    ap.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "bench_generation"))
+    ap.add_argument("--train-size", type=int, default=2000)
+    ap.add_argument("--test-size", type=int, default=200)
+    ap.add_argument("--sft-epochs", type=int, default=2, help="epochs trained of the 4-epoch schedule")
+
+
+def timed_generate(model, tok, prompts, decoding, batch_size, engine=None) -> tuple[float, list[list[str]]]:
+    """Seconds and outputs of one seeded ``generate_texts`` call."""
     torch.manual_seed(0)
     start = time.perf_counter()
-    out = generate_texts(model, tok, prompts, decoding, batch_size)
+    out = generate_texts(model, tok, prompts, decoding, batch_size, engine=engine)
     return time.perf_counter() - start, out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "bench_generation"))
-    ap.add_argument("--train-size", type=int, default=2000)
-    ap.add_argument("--test-size", type=int, default=200)
-    ap.add_argument("--sft-epochs", type=int, default=2, help="epochs trained of the 4-epoch schedule")
+    add_checkpoint_args(ap)
     ap.add_argument("--questions", type=int, default=200, help="test questions generated for")
     ap.add_argument("--samples", type=int, default=10, help="samples per question (the tiny vote's K)")
     ap.add_argument("--greedy-batch", type=int, nargs=2, default=[150, 48], metavar=("OLD", "NEW"))

@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
-from _common import REPO_ROOT, write_json
-from generation_batch import train_sft
+from _common import write_json
+from generation_batch import add_checkpoint_args, timed_generate, train_sft
 
 from reft_exp.config import RolloutConfig
 from reft_exp.engines import HFEngine
@@ -31,19 +30,9 @@ from reft_exp.evaluate import greedy_prompts
 from reft_exp.generation import DecodingConfig, generate_texts
 
 
-def timed(model, tok, prompts, decoding, batch_size, engine) -> tuple[float, list[list[str]]]:
-    torch.manual_seed(0)
-    start = time.perf_counter()
-    out = generate_texts(model, tok, prompts, decoding, batch_size, engine=engine)
-    return time.perf_counter() - start, out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "bench_generation"))
-    ap.add_argument("--train-size", type=int, default=2000)
-    ap.add_argument("--test-size", type=int, default=200)
-    ap.add_argument("--sft-epochs", type=int, default=2, help="epochs trained of the 4-epoch schedule")
+    add_checkpoint_args(ap)
     ap.add_argument("--questions", type=int, default=60, help="test questions generated for")
     ap.add_argument("--samples", type=int, default=32, help="samples per question (the tiny vote's K)")
     ap.add_argument("--greedy-batch", type=int, default=48)
@@ -79,7 +68,7 @@ def main() -> None:
         outs: dict[str, list] = {}
         for _ in range(args.repeats):
             for key, engine in engines.items():
-                seconds, out = timed(model, tok, prompts, decoding, bs, engine)
+                seconds, out = timed_generate(model, tok, prompts, decoding, bs, engine)
                 times[key].append(seconds)
                 assert outs.setdefault(key, out) == out, f"{key}: the same seed gave other outputs"
         identical = outs["plain"] == outs["buffered"]
