@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of the real code path, one command, offline, about 8 minutes on one H100:
 #   1. installs what the GPU image lacks (hydra-core, omegaconf, antlr4, ...) from .whl/ into /tmp/site;
-#   2. runs benchmarks/rollout.py, ppo_step.py and sft.py at --size 1b (random-init Llama, bf16);
+#   2. runs benchmarks/rollout.py (hf_static, and hf's buffered KV cache, against plain generate), ppo_step.py
+#      and sft.py at --size 1b (random-init Llama, bf16);
 #   3. runs a short SFT -> ReFT cell on the ~100M random-init model (model=llama-100m, rollout=hf_static);
 #   4. prints a short table and writes JSON under $OUT (default results/gpu_check).
 # Prepare on the CPU host first (needs the network there, not on the GPU machine):
@@ -51,6 +52,8 @@ run() {  # name, timeout seconds, command...: a failed or slow step is reported,
 : > "$OUT/status.txt"
 run rollout 150 "$PY" benchmarks/rollout.py --size "$SIZE" --prompts 128 --batch-size 64 --max-new-tokens 256 \
   --json "$OUT/rollout.json"
+run rollout_hf 150 "$PY" benchmarks/rollout.py --size "$SIZE" --engine hf --prompts 128 --batch-size 64 \
+  --max-new-tokens 256 --json "$OUT/rollout_hf.json"
 run ppo_step 150 "$PY" benchmarks/ppo_step.py --size "$SIZE" --questions 32 --max-length 700 \
   --json "$OUT/ppo_step.json"
 run sft 60 "$PY" benchmarks/sft.py --size "$SIZE" --batch-size 8 --steps 10 --json "$OUT/sft.json"
@@ -73,9 +76,10 @@ def load(name):
     p = out / f"{name}.json"
     return json.loads(p.read_text()) if p.exists() else None
 rows = []
-if (r := load("rollout")):
-    rows.append(("rollout tokens/s hf -> " + r["ours"]["engine"], f"{r['baseline']['tokens_per_s']:.0f} -> "
-                 f"{r['ours']['tokens_per_s']:.0f} ({r['ratio']:.2f}x, identical {r['identical_outputs']}/{r['prompts']})"))
+for name in ("rollout", "rollout_hf"):
+    if (r := load(name)):
+        rows.append(("rollout tokens/s plain -> " + r["ours"]["engine"], f"{r['baseline']['tokens_per_s']:.0f} -> "
+                     f"{r['ours']['tokens_per_s']:.0f} ({r['ratio']:.2f}x, identical {r['identical_outputs']}/{r['prompts']})"))
 if (r := load("ppo_step")):
     (b, bv), (o, ov) = r["results"].items()
     rows.append(("ppo_step s (32 q) baseline -> ours", f"{bv['time_step']:.1f} -> {ov['time_step']:.1f} "

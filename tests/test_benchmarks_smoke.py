@@ -42,9 +42,12 @@ def _run_benchmark(script: str, *args: str) -> str:
 def test_rollout_benchmark_smoke(tmp_path) -> None:
     out = _run_benchmark("rollout.py", "--records", "200", "--prompts", "4", "--batch-size", "2",
                          "--max-new-tokens", "8", "--no-compile", "--json", str(tmp_path / "r.json"))
-    assert "ratio hf_static/hf" in out
+    assert "ratio hf_static/hf_plain" in out
     assert "identical outputs 4/4" in out  # greedy: the static-cache engine decodes what plain generate does
     assert (tmp_path / "r.json").exists()
+    out = _run_benchmark("rollout.py", "--records", "200", "--prompts", "4", "--batch-size", "2",
+                         "--max-new-tokens", "8", "--engine", "hf", "--sample")
+    assert "ratio hf/hf_plain" in out and "identical outputs 4/4" in out  # the buffered cache, seeded samples
 
 
 def test_ppo_step_benchmark_smoke() -> None:
