@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the real code path, one command, offline, about 8 minutes on one H100:
+# GPU check of the real code path, one command, offline, about 9 minutes on one H100:
 #   1. installs what the GPU image lacks (hydra-core, omegaconf, antlr4, ...) from .whl/ into /tmp/site;
 #   2. runs benchmarks/rollout.py (hf_static, and hf's buffered KV cache, against plain generate), ppo_step.py
 #      and sft.py at --size 1b (random-init Llama, bf16);
