@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,12 @@ PANEL_KEYS = ["model", "dataset", "cot"]
 VOTE_COLUMNS = TRAIN_KEYS + ["k", "vote_accuracy", "greedy_accuracy"]
 STEP_METRICS = {"score": "reward (score)", "correct": "fraction correct", "kl": "KL to the reference",
                 "response_length": "response length (tokens)"}
+# Legends go under their panel (budget labels are long: inside the axes they covered the curves and squeezed the
+# panel to nothing), labels wrapped to the panel's width; the figure grows by a line's height per legend line.
+PANEL_IN = (4.6, 3.4)  # width, height of one panel without its legend (inches)
+LEGEND_FONTSIZE = 7
+LEGEND_WRAP = 70  # characters per legend line: a PANEL_IN-wide panel at LEGEND_FONTSIZE
+LEGEND_LINE_IN = 0.14  # inches per legend line
 
 
 @dataclass
@@ -183,12 +190,37 @@ def _note(ax, text: str) -> None:
             wrap=True)
 
 
-def _figure(nrows: int, ncols: int, width: float = 4.6, height: float = 3.4):
+def _figure(nrows: int, ncols: int):
+    """A figure of ``nrows`` x ``ncols`` panels, each a subfigure holding one axes and, under it, its legend
+    (:func:`_legend_below`). Returns the figure, the subfigures and their axes (2-D arrays)."""
+    import numpy as np
     from matplotlib.figure import Figure  # the Agg canvas, no pyplot state: safe in scripts and notebooks
 
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
+    fig = Figure(figsize=(PANEL_IN[0] * ncols, PANEL_IN[1] * nrows), layout="constrained")
+    subs = fig.subfigures(nrows, ncols, squeeze=False)
+    axes = np.array([[sub.subplots() for sub in row] for row in subs])
+    return fig, subs, axes
+
+
+def _legend_below(holder, axes, wrap: int = LEGEND_WRAP) -> int:
+    """One legend for the lines of ``axes`` (each label once), under ``holder`` (a figure or subfigure), its
+    labels wrapped at ``wrap`` characters. Returns its number of text lines (0: nothing to show)."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if not entries:
+        return 0
+    labels = [textwrap.fill(label, wrap, subsequent_indent="    ") for label in entries]
+    holder.legend(list(entries.values()), labels, loc="outside lower center", fontsize=LEGEND_FONTSIZE,
+                  frameon=False)
+    return sum(label.count("\n") + 1 for label in labels)
+
+
+def _grow(fig, legend_lines: int) -> None:
+    """Make room for ``legend_lines`` lines of legend (the panels keep their height)."""
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, height + legend_lines * LEGEND_LINE_IN)
 
 
 def accuracy_figure(curves: Curves):
@@ -199,11 +231,12 @@ def accuracy_figure(curves: Curves):
         return None
     ncols = min(len(panels), 4)
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = _figure(nrows, ncols)
+    fig, subs, axes = _figure(nrows, ncols)
     colors = _method_colors(curves.cells["method"])
     from matplotlib.ticker import MaxNLocator
 
-    for ax, panel in zip(axes.flat, panels):
+    lines = [[0] * ncols for _ in range(nrows)]
+    for i, (subfig, ax, panel) in enumerate(zip(subs.flat, axes.flat, panels)):
         methods = _order(_select(curves.cells, panel)["method"], METHOD_ORDER)
         for method in methods:
             drawn = _mean_band(ax, _select(curves.epochs, panel, method), "epoch", "test_accuracy", 100.0, 1,
@@ -215,9 +248,10 @@ def accuracy_figure(curves: Curves):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("greedy test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        lines[i // ncols][i % ncols] = _legend_below(subfig, [ax])
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
+    _grow(fig, sum(max(row) for row in lines))
     return fig
 
 
@@ -227,7 +261,10 @@ def step_figure(curves: Curves, panel: tuple[str, str, str], smooth: int = 1):
     steps = _select(curves.steps, panel)
     missing = _select(curves.missing, panel)
     metrics = list(STEP_METRICS)
-    fig, axes = _figure(1, len(metrics))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(PANEL_IN[0] * len(metrics), PANEL_IN[1]), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     methods = _order(list(steps["method"]) + list(missing["method"]), METHOD_ORDER)
     colors = _method_colors(curves.cells["method"])
     from matplotlib.ticker import MaxNLocator
@@ -248,13 +285,13 @@ def step_figure(curves: Curves, panel: tuple[str, str, str], smooth: int = 1):
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    # one legend for the four panels (the same methods), as wide as the figure
+    _grow(fig, _legend_below(fig, axes.flat, wrap=LEGEND_WRAP * len(metrics)))
     title = f"{panel[0]} / {panel[1]} / {panel[2].upper()}-CoT: RL training curves"
     if not missing.empty:
         lost = "; ".join(f"{r.method} seed {r.seed}: {r.reason} ({r.steps_file})"
                          for r in missing.itertuples())
-        title += f"\nmissing steps data -- {lost}"
+        title += "\n" + textwrap.fill(f"missing steps data -- {lost}", LEGEND_WRAP * len(metrics))
     fig.suptitle(title, fontsize=9)
     return fig
 
@@ -268,9 +305,10 @@ def vote_figure(curves: Curves):
         return None
     from matplotlib.ticker import FuncFormatter
 
-    fig, axes = _figure(1, len(panels))
+    fig, subs, axes = _figure(1, len(panels))
     colors = _method_colors(list(curves.cells["method"]) + list(curves.votes["method"]))
-    for ax, panel in zip(axes.flat, panels):
+    lines = []
+    for subfig, ax, panel in zip(subs.flat, axes.flat, panels):
         sub = _select(curves.votes, panel)
         for method in _order(sub["method"], METHOD_ORDER):
             mean = sub[sub["method"] == method].groupby("k")[["vote_accuracy", "greedy_accuracy"]].mean()
@@ -286,7 +324,8 @@ def vote_figure(curves: Curves):
         ax.set_xlabel("samples per question K")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        lines.append(_legend_below(subfig, [ax]))
+    _grow(fig, max(lines))
     return fig
 
 

@@ -185,3 +185,26 @@ def test_vote_figure_vote_by_k_beside_greedy(runs):
     assert x.tolist() == [1, 4, 16] and y == pytest.approx([50, 80, 95])
     assert _line(ax, "sft: greedy")[1][0] == pytest.approx(90)  # the record's greedy accuracy (best epoch)
     assert ax.get_xscale() == "log"
+
+
+def test_long_budget_legends_sit_under_their_panels(runs, recwarn):
+    """Budget labels as long as the demo's are wrapped under each panel: the legend neither covers the curves
+    nor squeezes the panel (matplotlib's "constrained_layout not applied" warning)."""
+    curves = plots.load_curves(runs)
+    curves.cells["budget"] = ("warm-up SFT epoch 3/4 (the first with >= 25% of training samples right) + 3 x 320 "
+                              "questions, best epoch 3")
+    figures = [plots.accuracy_figure(curves), plots.step_figure(curves, ("tiny", "arith", "n")),
+               plots.vote_figure(curves)]
+    for fig in figures:
+        fig.draw_without_rendering()
+        holders = [h for h in [fig, *fig.subfigs] if h.legends]
+        assert holders
+        for holder in holders:
+            axes = [ax for ax in (fig.axes if holder is fig else holder.axes) if ax.get_visible()]
+            (legend,) = holder.legends
+            assert max(len(t.get_text().split("\n")[0]) for t in legend.get_texts()) <= plots.LEGEND_WRAP * len(axes)
+            for ax in axes:
+                box = ax.get_window_extent()
+                assert box.height > 0.5 * plots.PANEL_IN[1] * fig.dpi  # the panel kept most of its height
+                assert legend.get_window_extent().y1 <= box.y0  # the legend is below the axes
+    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
