@@ -323,7 +323,7 @@ def _flat(text: pd.DataFrame) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     flat = _flat(format_table(table))
-    align = ["left", "left"] + ["right"] * (flat.shape[1] - 2)
+    align = ["left" if i < 2 or name == NOTE else "right" for i, name in enumerate(flat.columns)]  # text left
     return f"# {title}\n\n" + flat.to_markdown(index=False, colalign=align, disable_numparse=True) + "\n"
 
 

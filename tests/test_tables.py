@@ -186,6 +186,9 @@ def test_rerank_rows_say_which_reranker_protocol_produced_them(tmp_path):
     notes = t2[(tables.NOTE, "")]
     assert "selected on the test set" in notes.loc[("codellama-7b", "sft")]
     assert notes.loc[("codellama-7b", "reft")] == "rerank: final reranker"
+    rule = tables.to_markdown(t2, "Table 2").splitlines()[3].strip("|").split("|")  # the alignment row
+    assert [c.strip().startswith(":") and not c.strip().endswith(":") for c in rule] == (
+        [True, True] + [False] * (len(rule) - 3) + [True])  # model, method and the note left; numbers right
     greedy = _write(tmp_path / "greedy", _record("codellama-7b", "gsm8k", "p", "sft", 0.6))
     t1 = tables.build_table1(tables.load_records(greedy), tables.load_paper("value_accuracy"))
     assert tables.NOTE not in {label for label, _ in t1.columns}
