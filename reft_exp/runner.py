@@ -45,6 +45,7 @@ MANIFEST_FILE = "manifest.json"  # sha256 and size of every file of a saved stat
 METRICS_FILE = "metrics.json"
 OUTPUTS_DIR = "outputs"  # what the model wrote: eval_epoch<n>.jsonl / eval_step<n>.jsonl, rollouts_epoch<n>.jsonl
 STEPS_FILE = "steps.jsonl"  # one JSON line of stats per optimizer step (RL methods)
+TIED_OUTPUT_LAYER = "lm_head.weight"  # a tied output layer, saved once in a training state (_not_tied_weights_notice)
 
 
 # ------------------------------------------------------------------------------------------ state on disk
@@ -79,6 +80,16 @@ class Progress:
         self.epochs, self.evals, self.best = state["epochs"], state.get("evals", []), state["best"]
 
 
+def _not_tied_weights_notice(record: logging.LogRecord) -> bool:
+    """False for accelerate's "Removed shared tensor {'lm_head.weight'} while saving" when every removed tensor is an
+    output layer: a model whose output layer is its input embedding (the tiny model, SmolLM2) stores it once and
+    loading ties it again (the resume tests reload such states), so at every epoch's save the warning said
+    nothing. Any other shared tensor is still reported."""
+    found = re.search(r"Removed shared tensor \{([^}]*)\}", record.getMessage())  # after accelerate's "[RANK 0] "
+    names = re.findall(r"'([^']+)'", found.group(1)) if found else []
+    return not (names and all(n.endswith(TIED_OUTPUT_LAYER) for n in names))
+
+
 @contextmanager
 def _quiet_accelerate() -> Iterator[None]:
     """accelerate logs every file of a save/load at INFO and its checkpoint rotation as a WARNING: our own log
@@ -87,11 +98,14 @@ def _quiet_accelerate() -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    tensors = logging.getLogger("accelerate.utils.other")
+    tensors.addFilter(_not_tied_weights_notice)
     try:
         yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+        tensors.removeFilter(_not_tied_weights_notice)
 
 
 def _index(folder: Path) -> int:

@@ -90,6 +90,38 @@ def _release(accelerator, state: TrainState) -> None:
     accelerator.free_memory()
 
 
+class _Shared(torch.nn.Module):
+    """An embedding whose weight is also the output layer (tied, as the tiny model and SmolLM2) and, with
+    ``other``, also another layer's: only a tied output layer is expected in a saved state."""
+
+    def __init__(self, other: bool):
+        super().__init__()
+        self.embed = torch.nn.Embedding(8, 4)
+        self.lm_head = torch.nn.Linear(4, 8, bias=False)
+        self.lm_head.weight = self.embed.weight
+        if other:
+            self.proj = torch.nn.Linear(4, 8, bias=False)
+            self.proj.weight = self.embed.weight
+
+
+@pytest.mark.parametrize("other", [False, True])
+def test_state_save_is_silent_about_a_tied_output_layer_only(tmp_path, caplog, other):
+    """accelerate warns "Removed shared tensor ..." at every save of a tied model; the runner drops that notice
+    for a tied output layer (loading ties it again) and keeps it for any other shared tensor."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(_Shared(other))
+    state = TrainState(accelerator, tmp_path / "state")
+    with caplog.at_level(logging.WARNING):
+        state.save()
+    _release(accelerator, state)
+    notices = [set(re.findall(r"'([^']+)'", r.getMessage())) for r in caplog.records
+               if "Removed shared tensor" in r.getMessage()]
+    assert notices == ([{"lm_head.weight", "proj.weight"}] if other else [])
+    del model
+
+
 def _epoch(model, optimizer, scheduler, generator) -> float:
     """One 'epoch': data drawn from ``generator``, dropout from the global RNG: both must be restored."""
     x = torch.randn(32, 8, generator=generator)
