@@ -66,18 +66,24 @@ def preserved_rng() -> Iterator[None]:
 
 
 class StageTimer:
-    """Accumulates wall time per named stage: ``with timer("sft"): ...``; ``timer.seconds`` is a dict."""
+    """Accumulates wall time per named stage: ``with timer("sft"): ...``; ``timer.seconds`` is a dict. A name
+    cannot be entered again inside itself: the inner time would count twice."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._running: set[str] = set()
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if name in self._running:
+            raise RuntimeError(f"timer {name!r} entered inside itself: its time would count twice")
+        self._running.add(name)
         start = time.perf_counter()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self._running.discard(name)
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:

@@ -109,6 +109,26 @@ def test_buffered_cache_gives_what_the_concatenating_cache_gives(tiny, monkeypat
     assert layer._k.shape[0] == 2 * 4  # the last batch: 2 prompts x 4 samples
 
 
+def test_samples_are_the_same_on_one_thread_or_two(tiny):
+    """`make demo` draws its vote samples on one torch thread per cell, two cells at a time (Makefile,
+    DEMO_SAMPLE_CELLS): the samples must be those of one cell on two threads. The demo's vote shape: 2 prompts x 32
+    samples a call, top_k 50, temperature 1."""
+    model, tok, records = tiny
+    prompts = [build_prompt(r["question"], "n") for r in records[:4]]
+    sampled = DecodingConfig(do_sample=True, temperature=1.0, top_k=50, max_new_tokens=32, num_return_sequences=32)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            torch.manual_seed(11)
+            outs.append(generate_texts(model, tok, prompts, sampled, 2))
+    finally:
+        torch.set_num_threads(before)
+    assert outs[0] == outs[1]
+    assert len({t for o in outs[0] for t in o}) > 32  # the samples differ: the comparison can fail
+
+
 def test_default_engine_and_selection(monkeypatch):
     assert default_engine().name == "hf"
     with using_engine(make_engine(RolloutConfig(engine="hf_static"))):

@@ -4,10 +4,11 @@ the preset) and a 2-cell multirun really runs in parallel worker processes with 
 from __future__ import annotations
 
 import json
+import re
 
 import launch
 import pytest
-from conftest import CONF_DIR, compose
+from conftest import CONF_DIR, ROOT, compose
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
@@ -80,3 +81,31 @@ def test_joblib_multirun_two_cells_in_parallel(tmp_path):
     assert len(list((tmp_path / "results" / "cache" / "tiny_model").glob("*/STAGE_DONE.json"))) == 1
     # each job has its own Hydra folder in the sweep
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def _make_var(text: str, name: str) -> list[str]:
+    m = re.search(rf"^{name} := (.+)$", text, re.M)
+    assert m, f"Makefile: no {name}"
+    return m.group(1).split(",")
+
+
+def test_make_demo_runs_the_cells_of_experiment_smoke_in_two_sweeps():
+    """`make demo` splits experiment=smoke into its training cells (one sweep, one cell at a time) and its sampling
+    cells (a second sweep, two at a time on one thread each): together exactly the experiment's cells, every
+    sampling cell after the training cell of its method."""
+    makefile = (ROOT / "Makefile").read_text()
+    train, sample = _make_var(makefile, "DEMO_TRAIN_CELLS"), _make_var(makefile, "DEMO_SAMPLE_CELLS")
+    smoke = OmegaConf.load(CONF_DIR / "experiment" / "smoke.yaml").hydra.sweeper.params.cell.split(",")
+    assert sorted(train + sample) == sorted(smoke) and not set(train) & set(sample)
+
+    def pair(cell):
+        overrides = OmegaConf.load(CONF_DIR / "cell" / f"{cell}.yaml").defaults
+        return {k.removeprefix("override /"): v for o in overrides for k, v in o.items()}
+
+    assert all(pair(c)["inference"] == "greedy" for c in train)
+    assert all(pair(c)["inference"] != "greedy" and f"{pair(c)['method']}_greedy" in train for c in sample)
+    recipe = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    first, second = recipe.index("cell=$(DEMO_TRAIN_CELLS)"), recipe.index("cell=$(DEMO_SAMPLE_CELLS)")
+    assert first < second
+    assert "hydra.callbacks.tables.enabled=false" in recipe[first:second]  # the tables once, after both sweeps
+    assert {"hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "num_threads=1"} <= set(recipe[second:].split())

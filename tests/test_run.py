@@ -135,3 +135,19 @@ def test_sft_train_epochs_trains_the_first_epochs_of_the_full_schedule(tmp_path)
     assert one[0]["lr"] == 0.0  # a 1-epoch schedule anneals to 0 by its end
     proc = run_app(["method=reft", "sft.epochs=3", "sft.train_epochs=1", "dataset.warmup_epoch.n=2"], tmp_path)
     assert proc.returncode != 0 and "sft.train_epochs=1" in proc.stderr
+
+
+def test_stage_timer_accumulates_and_refuses_to_count_a_stage_twice():
+    """A record's timings: a name entered twice in a row adds up; entered inside itself (the rerank cell once timed
+    its reranker's training around the runner's own timer of the same name) it would count twice and fails."""
+    from reft_exp.utils import StageTimer
+
+    timer = StageTimer()
+    for _ in range(2):
+        with timer("train"), timer("eval"):
+            pass
+    assert set(timer.seconds) == {"train", "eval"} and timer.seconds["train"] >= timer.seconds["eval"] >= 0
+    with pytest.raises(RuntimeError, match="twice"), timer("train"), timer("train"):
+        pass
+    with timer("train"):  # the refused entry left the timer usable
+        pass

@@ -287,8 +287,7 @@ def reranker_stage(ctx: RunContext, generator: str, test_samples: SampleSet | No
                 scores = scores_from_probs(test_samples, slots, probs)
                 return rerank_accuracy(test_samples, scores), scores
 
-        with ctx.timer("reranker_train"):
-            return train_reranker(ctx, rr, generator, examples, folder, test_eval)
+        return train_reranker(ctx, rr, generator, examples, folder, test_eval)  # the runner times it
 
     reused = run_stage(stage, ctx.accelerator, compute, seed=cfg.root.seed)
     if not reused and ctx.accelerator.is_main_process:
