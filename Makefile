@@ -83,7 +83,7 @@ demo: $(STAMP)
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke cell=$(DEMO_SAMPLE_CELLS) \
 		hydra/launcher=parallel hydra.launcher.n_jobs=2 num_threads=1 $(DEMO_ARGS)
 	@echo "results records: results/runs/   (one JSON per grid cell)"
-	@echo "tables (ours beside the paper's, rebuilt at the end of the sweep): results/tables/table1.md, table2.md (+ .csv, .tex)"
+	@echo "tables (ours beside the paper's, rebuilt at the end of the second sweep): results/tables/table1.md, table2.md (+ .csv, .tex)"
 	@echo "plots: results/plots/*.png   (rebuild by hand: python -m reft_exp.tables)"
 
 demo-real: $(STAMP)
