@@ -212,8 +212,8 @@ class Worker:
         self.chan.sendall(HEADER.pack(len(payload)) + payload)
 
     def execute(self, source: str, request_id: int) -> dict:
-        """Run one program with upstream's semantics: the program (preamble lines included) is exec'd with a
-        separate locals dict, then eval("solution()") in the same pair."""
+        """Run one program as the official code does (src/python_engine.py:34-40): the program (preamble lines
+        included) is exec'd with a separate locals dict, then eval("solution()") in the same pair."""
         self.sink.budget, self.sink.used = self.config["max_output_bytes"], 0
         answer, error, recycle = None, None, False
         program_globals: dict = {"__builtins__": self.builtins.copy()}  # `__builtins__[...] =` stays local
@@ -221,7 +221,7 @@ class Worker:
         try:
             code = compile(self.preamble + source, "<program>", "exec")
             recycle = screen(code) is not None
-            exec(self.preamble_code, program_globals)  # the preamble's modules as globals, as upstream
+            exec(self.preamble_code, program_globals)  # modules as globals, as src/python_engine.py:35-36
             exec(code, program_globals, program_locals)
             if "solution" not in program_locals and "solution" not in program_globals:
                 error = "no solution()"

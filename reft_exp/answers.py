@@ -1,13 +1,13 @@
 """Answer extraction, correctness and the ReFT reward, shared by every method and inference mode.
 
-Upstream semantics (lqtrung1998/mwp_ReFT ``train_sft_model.py`` / ``train_rl_reft.py``; docs/answers.md):
+Official semantics (lqtrung1998/mwp_ReFT train_sft_model.py:45-72 / train_rl_reft.py:49-76; docs/answers.md):
 
 - Every completion is first cut to the text after its last ``"\\nAnswer reasoning:\\n"`` and stripped
-  (upstream decodes prompt + completion and does this; on a completion alone it is a no-op unless the
-  model started a new question).
+  (the official code decodes prompt + completion and does this, train_rl_reft.py:294-295, 703, 728; on a
+  completion alone it is a no-op unless the model started a new question).
 - N-CoT numeric: ``float()`` of the stripped text after the last ``"\\nTherefore, the answer is: "``, else
-  None. Without the trigger the whole text is tried (upstream's ``split(trigger)[-1]``), so a bare ``"42"``
-  counts.
+  None. Without the trigger the whole text is tried (``split(trigger)[-1]``, train_rl_reft.py:66), so a bare
+  ``"42"`` counts.
 - N-CoT multiple choice: the text after the trigger, lower-cased, quotes removed, stripped; always a string.
 - P-CoT: the program's ``solution()`` return value; numeric: ``float()`` of it else None; multiple choice:
   ``str()`` of it normalised like N-CoT (a crashed program gives the string ``"none"``, still "extracted").
@@ -17,8 +17,9 @@ Upstream semantics (lqtrung1998/mwp_ReFT ``train_sft_model.py`` / ``train_rl_ref
 - Reward: 1 correct, 0.1 ("partial") when an answer was extracted but is wrong, 0 when none was extracted.
 
 Two switches (``reward`` config node): ``mcq_partial`` ("code": multiple choice gets the partial reward too,
-as upstream; "paper": a wrong multiple-choice answer gets the no-answer reward) and ``extraction``
-("upstream": as above; "lenient": also reads ``1,234``, ``$5``, ``**7**``, ``1/2``, ``(c)`` ...).
+as the official code, train_rl_reft.py:300-307; "paper": a wrong multiple-choice answer gets the no-answer
+reward) and ``extraction`` ("upstream": as above; "lenient": also reads ``1,234``, ``$5``, ``**7**``, ``1/2``,
+``(c)`` ...).
 """
 
 from __future__ import annotations
@@ -29,16 +30,19 @@ from dataclasses import dataclass
 from typing import Any
 
 ANSWER_TRIGGER = "Therefore, the answer is: "
-# Upstream splits on the trigger preceded by a newline; the target is ``cot + "\n" + trigger + value``.
+# The official code splits on the trigger preceded by a newline (train_rl_reft.py:51, 66); the target is
+# ``cot + "\n" + trigger + value`` (train_rl_reft.py:145).
 TRIGGER_SPLIT = "\n" + ANSWER_TRIGGER
-# The end of the prompt (``"Question:\n{q}\nAnswer reasoning:\n"``); upstream keeps the text after its last copy.
+# The end of the prompt (``"Question:\n{q}\nAnswer reasoning:\n"``); the official code keeps the text after
+# its last copy (train_rl_reft.py:295).
 COT_TRIGGER = "\nAnswer reasoning:\n"
 MCQ_LETTERS = ("a", "b", "c", "d", "e")
 # Appended to a multiple-choice program: solution() then returns str() of the program's own return value,
 # taken where the value lives (upstream ``str(res)``, train_rl_reft.py:64: a sympy Rational gives "1/2"; the
 # executor would otherwise hand back float 0.5). The default argument binds the program's solution at
-# definition time (the program runs with separate globals and locals, as upstream's exec). A program that
-# raises, or has no solution(), still fails, giving None -> "none", as upstream.
+# definition time (the program runs with separate globals and locals, as src/python_engine.py:39). A program
+# that raises, or has no solution(), still fails, giving None -> "none", as the official code
+# (src/python_engine.py:76-80, train_rl_reft.py:64).
 MCQ_STR_WRAPPER = "\n\ndef solution(_reft_solution=solution):\n    return str(_reft_solution())\n"
 
 ANSWER_TYPES = ("numeric", "mcq")
@@ -57,7 +61,8 @@ class AnswerSpec:
     correct_reward: float = 1.0
     partial_reward: float = 0.1
     no_answer_reward: float = 0.0
-    mcq_partial: str = "code"  # code (upstream: wrong MCQ gets the partial reward) | paper (gets no_answer)
+    # code (official: wrong MCQ gets the partial reward, train_rl_reft.py:300-307) | paper (gets no_answer)
+    mcq_partial: str = "code"
     extraction: str = "upstream"  # upstream | lenient
 
     def __post_init__(self) -> None:
@@ -84,21 +89,22 @@ class AnswerSpec:
 
 # ------------------------------------------------------------------------------------------ extraction
 def reasoning_part(text: str) -> str:
-    """Upstream ``text.strip().split(cot_trigger)[-1].strip()``: the text after the last prompt trigger."""
+    """``text.strip().split(cot_trigger)[-1].strip()`` (train_rl_reft.py:295): the text after the last prompt
+    trigger."""
     return text.strip().split(COT_TRIGGER)[-1].strip()
 
 
 def _answer_tail(text: str, extraction: str) -> str:
-    """The text after the last answer trigger (the whole text when there is none, as upstream)."""
+    """The text after the last answer trigger (the whole text when there is none, as train_rl_reft.py:66)."""
     trigger = ANSWER_TRIGGER if extraction == "lenient" else TRIGGER_SPLIT  # lenient: newline optional
     return text.split(trigger)[-1]
 
 
 def floatify(value: object) -> float | None:
-    """Upstream ``floatify``: ``float(value)``, or None when that raises."""
+    """The official ``floatify`` (src/utils.py:39-43): ``float(value)``, or None when that raises."""
     try:
         return float(value)  # type: ignore[arg-type]
-    except Exception:  # upstream catches everything (e.g. TypeError from None or a sympy expression)
+    except Exception:  # src/utils.py:42 catches everything (e.g. TypeError from None or a sympy expression)
         return None
 
 
@@ -108,9 +114,10 @@ _FRACTION = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)")
 
 
 def parse_number_lenient(text: str) -> float | None:
-    """``float()`` first (so every upstream answer parses the same); failing that, the first non-empty line
-    without surrounding markdown (``**``, backticks), ``\\boxed{}``, a ``$``, a trailing period/comma/``%``,
-    with thousands separators (``1,234``), a Unicode minus and simple fractions (``1/2``) handled."""
+    """``float()`` first (as src/utils.py:41, so every answer the official code reads parses the same);
+    failing that, the first non-empty line without surrounding markdown (``**``, backticks), ``\\boxed{}``,
+    a ``$``, a trailing period/comma/``%``, with thousands separators (``1,234``), a Unicode minus and simple
+    fractions (``1/2``) handled."""
     value = floatify(text.strip())
     if value is not None:
         return value
@@ -132,8 +139,8 @@ def parse_number_lenient(text: str) -> float | None:
 
 
 def normalize_mcq(text: str, extraction: str = "upstream") -> str:
-    """Upstream: lower-cased, quotes removed, stripped. Lenient: also reduce ``(c)``, ``c ) 30``, ``c.``,
-    ``option c``, ``**C**`` to the bare letter; anything else is returned as upstream does."""
+    """Upstream (train_rl_reft.py:68): lower-cased, quotes removed, stripped. Lenient: also reduce ``(c)``,
+    ``c ) 30``, ``c.``, ``option c``, ``**C**`` to the bare letter; anything else as in the upstream mode."""
     s = text.lower().replace('"', "").replace("'", "").strip()
     if extraction != "lenient":
         return s
@@ -155,9 +162,10 @@ def extract_ncot_mcq(text: str, extraction: str = "upstream") -> str:
 
 
 def _program_answer(value: object, spec: AnswerSpec) -> object | None:
-    """A P-CoT ``solution()`` return value as compared (upstream ``floatify`` / ``str(...).lower()...``)."""
+    """A P-CoT ``solution()`` return value as compared (``floatify`` / ``str(...).lower()...``,
+    train_rl_reft.py:62-65)."""
     if spec.answer_type == "mcq":
-        return normalize_mcq(str(value), spec.extraction)  # None -> "none", as upstream
+        return normalize_mcq(str(value), spec.extraction)  # None -> "none", as train_rl_reft.py:64
     if spec.extraction == "lenient" and isinstance(value, str):
         return parse_number_lenient(value)
     return floatify(value)
@@ -186,8 +194,8 @@ def extract_answers(completions: Sequence[str], spec: AnswerSpec, executor: Any 
 
 # ------------------------------------------------------------------------------------ correctness/reward
 def parse_gold(value: str | float | int, spec: AnswerSpec) -> object:
-    """Gold ``answer_value`` as compared: a float for numeric tasks (thousands separators removed, as
-    upstream for GSM8K/SVAMP), the normalised letter for multiple choice."""
+    """Gold ``answer_value`` as compared: a float for numeric tasks (thousands separators removed, as the
+    official code for GSM8K/SVAMP, train_rl_reft.py:55-56), the normalised letter for multiple choice."""
     if spec.answer_type == "numeric":
         return float(str(value).replace(",", "").strip())
     return normalize_mcq(str(value))
@@ -218,8 +226,9 @@ def reward(pred: object | None, gold: object, spec: AnswerSpec) -> float:
 
 
 def vote_candidate(pred: object | None, spec: AnswerSpec) -> object | None:
-    """The answer as a majority-vote candidate, or None when it must not vote: upstream ``sampling.py``
-    keeps only single-character multiple-choice answers (a crashed program's ``"none"`` does not vote)."""
+    """The answer as a majority-vote candidate, or None when it must not vote: the official vote
+    (sampling.py:186-188) keeps only single-character multiple-choice answers (a crashed program's
+    ``"none"`` does not vote)."""
     if spec.answer_type == "mcq" and pred is not None and len(str(pred)) != 1:
         return None
     return pred

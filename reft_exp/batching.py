@@ -19,8 +19,8 @@ def encode_example(tokenizer, prompt: str, target: str, max_length: int, add_spe
     Prompt and target are tokenized separately and concatenated (upstream train_sft_model.py:111-117), so the
     first label is the first token of the target. Cut from the right to ``max_length`` as upstream
     (train_sft_model.py:124-128: a long answer loses its end, EOS included). A prompt that alone fills
-    ``max_length`` would leave no answer token to learn from (upstream trains on it silently, every label
-    ignored): a one-line :class:`ConfigError` naming ``length_key``."""
+    ``max_length`` would leave no answer token to learn from (the official code trains on it silently, every
+    label ignored, train_sft_model.py:123-125): a one-line :class:`ConfigError` naming ``length_key``."""
     p_ids = list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
     if len(p_ids) >= max_length:
         raise ConfigError(f"{length_key}={max_length}: a prompt is {len(p_ids)} tokens, so its answer would be "
@@ -109,7 +109,8 @@ class LengthBucketBatchSampler:
 
 def sft_loader(examples: Sequence[dict], batch_size: int, generator: torch.Generator, pad_token_id: int,
                length_bucketing: bool = False, pool: int = 50):
-    """The SFT DataLoader: plain shuffled batches (upstream) or length-bucketed ones (less padding)."""
+    """The SFT DataLoader: plain shuffled batches (the official code, train_sft_model.py:198) or
+    length-bucketed ones (less padding)."""
     from torch.utils.data import DataLoader
 
     collate = PadCollator(pad_token_id)

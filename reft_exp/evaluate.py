@@ -61,9 +61,10 @@ def greedy_eval(accelerator, model, tokenizer, records: Sequence[dict], spec: An
                 max_length: int | None = None, length_key: str = "inference.max_new_tokens") -> EvalResult:
     """Greedy decoding on ``records``; accuracy = fraction whose extracted answer matches the gold.
 
-    ``max_length`` (prompt + response tokens over the padded batch, upstream's limit) replaces ``max_new_tokens``
-    when set; a prompt that cannot fit raises a one-line ConfigError naming ``length_key``. With ``with_header``
-    the P-CoT header is in the prompt and the scored text is header + completion."""
+    ``max_length`` (prompt + response tokens over the padded batch, the official limit, train_rl_reft.py:685,
+    train_sft_model.py:305) replaces ``max_new_tokens`` when set; a prompt that cannot fit raises a one-line
+    ConfigError naming ``length_key``. With ``with_header`` the P-CoT header is in the prompt and the scored
+    text is header + completion."""
     prompts = greedy_prompts(records, spec.cot, with_header)
     outs = generate_distributed(accelerator, model, tokenizer, prompts,
                                 DecodingConfig(do_sample=False, max_new_tokens=max_new_tokens), batch_size,

@@ -1,9 +1,9 @@
 """Sandboxed, fast execution of model-written Python programs (P-CoT answers and rewards).
 
-Upstream ReFT (``src/python_engine.py``) cuts the program out of the completion, prepends ``import math`` /
-``import sympy``, runs it in a process pool with a timeout and takes ``solution()``'s return value as the
-answer (``None`` on any exception or timeout).  During RL the policy writes arbitrary code, so here every
-program runs in a sandbox (docs/sandbox.md), fast enough for rollouts::
+The official ReFT code (``src/python_engine.py:43-61, 72-81``) cuts the program out of the completion,
+prepends ``import math`` / ``import sympy``, runs it in a process pool with a timeout and takes
+``solution()``'s return value as the answer (``None`` on any exception or timeout).  During RL the policy
+writes arbitrary code, so here every program runs in a sandbox (docs/sandbox.md), fast enough for rollouts::
 
     with ProgramExecutor(timeout_s=10) as executor:
         results = executor.run([program_from_completion(c) for c in completions])
@@ -14,14 +14,16 @@ the default; a start that cannot create the sandbox fails in one line) and forks
 programs under a libseccomp filter and rlimits; this process sends them programs over a framed JSON protocol
 (per-task random token, size-capped, strictly validated replies) and enforces each program's wall-clock limit
 with SIGKILL.  A worker that crashed or timed out is replaced; a crash or out-of-memory in a worker that had
-run other programs is retried once in a fresh one.  ``isolation="none"`` (an explicit choice) is upstream's
-behaviour: the same processes, limits and timeouts, no bubblewrap, no seccomp.
+run other programs is retried once in a fresh one.  ``isolation="none"`` (an explicit choice) has no sandbox,
+as the official code (a process pool and a timeout, src/python_engine.py:72-73): the same processes, limits
+and timeouts, no bubblewrap, no seccomp.
 
 Answers: ``None``/``bool``/``int``/``float``/``str`` as they are; other integral numbers become ``int``;
-anything ``float()`` accepts (sympy/numpy numbers, Fraction, Decimal) becomes ``float`` (upstream's
-``floatify``); anything else ``str(value)`` (upstream's MathQA ``str(res)``).  Errors: ``"timeout"``,
-``"memory"``, ``"output too large"``, ``"no solution()"``, ``"program too large"``, and the prefixes
-``"exception: <Type>: <message>"`` and ``"crashed: <how>"`` (the worker died).
+anything ``float()`` accepts (sympy/numpy numbers, Fraction, Decimal) becomes ``float`` (the official
+``floatify``, src/utils.py:39-43); anything else ``str(value)`` (the official MathQA ``str(res)``,
+train_rl_reft.py:64).  Errors: ``"timeout"``, ``"memory"``, ``"output too large"``, ``"no solution()"``,
+``"program too large"``, and the prefixes ``"exception: <Type>: <message>"`` and ``"crashed: <how>"`` (the
+worker died).
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ from pathlib import Path
 from reft_exp import _sandbox_worker as _proto
 from reft_exp.config import ConfigError
 
-DEFAULT_TIMEOUT_S = 10.0  # upstream's per-program limit for evaluation
+DEFAULT_TIMEOUT_S = 10.0  # the official per-program limit (train_rl_reft.py:39, sampling.py:33)
 DEFAULT_MEMORY_MB = 1024  # address space a program may add on top of the warm interpreter
 DEFAULT_MAX_OUTPUT_BYTES = 65536  # printed output (stdout+stderr) and size of a str answer
-DEFAULT_PREAMBLE = "import math\nimport sympy\n"  # upstream prepends exactly these two lines
+DEFAULT_PREAMBLE = "import math\nimport sympy\n"  # the official code's two lines (src/python_engine.py:49)
 DEFAULT_MAX_PROGRAMS_PER_WORKER = 2000  # recycle even well-behaved workers now and then (leaks)
 ISOLATION_LEVELS = ("strict", "none")
 ZYGOTE_START_TIMEOUT_S = 180.0  # first start imports sympy+numpy; slow disks and cold caches
@@ -87,10 +89,11 @@ class ExecResult:
 
 
 def program_from_completion(text: str) -> str:
-    """Cut the program out of a completion with upstream's rule (``process_code`` in python_engine).
+    """Cut the program out of a completion with the official ``process_code`` (src/python_engine.py:43-61).
 
     ``sys.exit`` is replaced by ``print``, then lines are kept up to the first blank line.  The text is
-    stripped first, as upstream's callers do.  The preamble is *not* added here: ``ProgramExecutor`` does.
+    stripped first, as the official callers do (train_rl_reft.py:295, 728).  The preamble is *not* added here:
+    ``ProgramExecutor`` does.
     """
     kept: list[str] = []
     for line in text.strip().replace("sys.exit", "print").split("\n"):
@@ -259,7 +262,8 @@ class ProgramExecutor:
         memory_mb: address space a program may allocate on top of the warm interpreter.
         workers: number of worker processes (default: CPU count).
         max_output_bytes: budget for printed output and for a string answer.
-        preamble: source prepended to every program (upstream: ``import math`` + ``import sympy``).
+        preamble: source prepended to every program (official: ``import math`` + ``import sympy``,
+            src/python_engine.py:49).
         max_programs_per_worker: retire a worker after this many programs even if it behaved.
         isolation: ``"strict"`` (bubblewrap + seccomp; raises :class:`SandboxUnavailable` when they cannot
             be set up) or ``"none"`` (no sandbox, an explicit choice).

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class DecodingConfig:
     do_sample: bool = False
     temperature: float = 1.0
-    top_k: int = 0  # 0 = off (upstream RL sampling: top_k 0, top_p 1, temperature 1)
+    top_k: int = 0  # 0 = off (official RL sampling, train_rl_reft.py:280: top_k 0, top_p 1, temperature 1)
     top_p: float = 1.0
     max_new_tokens: int = 400
     num_return_sequences: int = 1
@@ -79,7 +79,7 @@ def check_fits(prompt_lengths: Sequence[int], max_length: int | None, length_key
 
 def new_token_budget(width: int, decoding: DecodingConfig) -> int:
     """New tokens for a left-padded batch of ``width``: ``max_length - width`` (HF generate(max_length=...) over the
-    padded batch, as upstream) when a total is set, else ``max_new_tokens``."""
+    padded batch, as the official code, train_rl_reft.py:287) when a total is set, else ``max_new_tokens``."""
     return decoding.max_new_tokens if decoding.max_length is None else decoding.max_length - width
 
 

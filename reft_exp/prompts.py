@@ -1,4 +1,5 @@
-"""Prompt and target formats, exactly as upstream (see ``reft_spec.md``, "Data and formats")."""
+"""Prompt and target formats, exactly as the official code (train_sft_model.py:45-47, 104-107; see
+``reft_spec.md``, "Data and formats")."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ PROMPT_TEMPLATE = "Question:\n{question}\nAnswer reasoning:\n"
 
 
 def program_header(question: str) -> str:
-    """The P-CoT program header with the question as docstring (upstream ``*_python_sdp.json`` style)."""
+    """The P-CoT program header with the question as docstring (the official ``*_python_sdp.json`` style, as
+    train_rl_reft.py:153 writes it)."""
     return f'def solution():\n    """{question}"""\n'
 
 

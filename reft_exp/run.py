@@ -139,7 +139,8 @@ def run_cell(cfg: RunConfig) -> dict:
     distributed = describe_processes(accelerator)
     set_default_engine(make_engine(cfg.rollout))  # generation engine of every stage (rollout.engine)
     set_header_prompt_end(cfg.cot.header_prompt_end)  # where P-CoT header prompts end (cot.header_prompt_end)
-    seed_everything(cfg.root.seed + accelerator.process_index, cfg.root.deterministic)  # upstream: seed + rank
+    # official: seed + rank (train_sft_model.py:386, train_rl_reft.py:763)
+    seed_everything(cfg.root.seed + accelerator.process_index, cfg.root.deterministic)
     start = time.perf_counter()
     tracker = make_tracker(cfg.logger, cell_id(cfg), OmegaConf.to_container(cfg.raw, resolve=True),
                            [f"{k}={v}" for k, v in cfg.coordinates.items()], accelerator.is_main_process)

@@ -12,7 +12,7 @@ settings. Two cells asking for the same samples therefore read one file: the sam
 
 ``text`` is the chain of thought as an SFT target would hold it: prompt and completion are decoded together and
 cut at the prompt (reft_exp.generation.decode_answer); for P-CoT the program header, part of the prompt at
-sampling time as upstream, stays in front of the completion.
+sampling time as in the official code (sampling.py:76-77), stays in front of the completion.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Majority voting over sampled answers and the offline self-training selection rule (upstream
-``sampling.py`` / the ReFT paper's baselines). Pure functions; the samples stage (``reft_exp.sampling``)
-feeds them."""
+"""Majority voting over sampled answers and the offline self-training selection rule (the official
+``sampling.py:184-198`` / ``train_sl_model.py:328-344``, the ReFT paper's baselines). Pure functions; the
+samples stage (``reft_exp.sampling``) feeds them."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def _plurality(ids: Sequence[int | None]) -> int | None:
 def majority_vote(answers: Sequence[object | None], spec: AnswerSpec, grouping: str = "exact") -> object | None:
     """The most frequent valid answer; None answers (and non-letter MCQ answers) do not vote.
 
-    ``grouping`` says which answers count as the same (:func:`vote_groups`: exact values, as upstream's
-    ``Counter``, or within ``spec.tolerance``). Ties go to the answer seen first (``Counter.most_common``
-    keeps insertion order among equal counts). None when no answer is valid."""
+    ``grouping`` says which answers count as the same (:func:`vote_groups`: exact values, as the official
+    ``Counter``, sampling.py:184-198, or within ``spec.tolerance``). Ties go to the answer seen first
+    (``Counter.most_common`` keeps insertion order among equal counts). None when no answer is valid."""
     reps, ids = vote_groups(answers, spec, grouping)
     winner = _plurality(ids)
     return None if winner is None else reps[winner]

@@ -2,11 +2,11 @@
 
 Each problem starts with a quantity and applies 1-3 operations (add, take away, multiply, share equally),
 told in one of several phrasings, with optional distractor sentences carrying irrelevant numbers. Each
-record has both annotations in the upstream schema (``item_id``, ``question``, ``answer_cot``,
-``answer_value``): an N-CoT (one sentence per step, the ReFT trigger is appended by the prompt builder)
-and a P-CoT (a ``def solution():`` program whose docstring is the question, as upstream's
-``*_python_sdp.json``). Generation is deterministic given the seed; train and test are disjoint by
-question text.
+record has both annotations in the official schema (``item_id``, ``question``, ``answer_cot``,
+``answer_value``; train_sft_model.py:92-96): an N-CoT (one sentence per step, the ReFT trigger is appended
+by the prompt builder) and a P-CoT (a ``def solution():`` program whose docstring is the question, as the
+official ``*_python_sdp.json``; header: train_rl_reft.py:153). Generation is deterministic given the seed;
+train and test are disjoint by question text.
 
 ``program_forms`` lets one question have several valid programs while its annotation shows one: each record's
 program is written in one of the listed forms, drawn per record (``stepwise``: each step's operand then its
@@ -198,7 +198,8 @@ def generate_arith(seed: int, train_size: int, test_size: int, cot: str, val_siz
                 continue
             seen.add(rec["question"])
             idx = len(splits[split])
-            # upstream test files carry no CoT; ours keep it for inspection (never used for scoring)
+            # official test files carry no CoT (data/gsm8k_test_set.json:2-6); ours keep it for inspection
+            # (never used for scoring)
             splits[split].append({"item_id": f"arith_{split}_{idx}", "question": rec["question"],
                                   "answer_cot": rec[f"answer_cot_{cot}"], "answer_value": rec["answer_value"]})
     return splits

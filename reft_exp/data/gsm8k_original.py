@@ -1,20 +1,22 @@
-"""Convert the original GSM8K release (openai/grade-school-math, MIT) into upstream-schema N-CoT records.
+"""Convert the original GSM8K release (openai/grade-school-math, MIT) into official-schema N-CoT records
+(train_sft_model.py:92-96).
 
 The ReFT authors' GSM8K N-CoT annotations (``gsm8k_nl.json``) were generated with GPT-3.5 and are a large
 download; the original human-written solutions are a drop-in alternative (``dataset.source=gsm8k_original``).
 An original record is ``{"question": ..., "answer": ...}`` where the answer is the worked solution, with
 calculator annotations such as ``<<48/2=24>>``, and a last line ``#### 72``. The converted record is
 
-- ``item_id``: ``gsm8k_<index>`` (0-based line index in ``train.jsonl``; upstream ids have the same form);
+- ``item_id``: ``gsm8k_<index>`` (0-based line index in ``train.jsonl``; official ids have the same form,
+  data/gsm8k_test_set.json:3);
 - ``question``: unchanged;
 - ``answer_cot``: the solution lines without the annotations (``48/2 = <<48/2=24>>24`` -> ``48/2 = 24``)
   and without the ``####`` line, stripped;
 - ``answer_value``: the ``####`` value with thousands separators removed (``1,600`` -> ``1600``), so the
   N-CoT target ``answer_cot + "\\nTherefore, the answer is: " + answer_value`` extracts to the gold value
-  under upstream's plain ``float()`` extraction.
+  under the official plain ``float()`` extraction (train_rl_reft.py:66, src/utils.py:39-43).
 
-The annotations are removed because upstream's N-CoT format never contains them and a model trained on them
-would learn a calculator syntax that nothing executes.
+The annotations are removed because a model trained on them would learn a calculator syntax that nothing
+executes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Majority voting (upstream): K samples per TEST question from the method's checkpoint (a cached samples
-stage, shared with ``rerank``), vote over the non-None extracted answers (MCQ: single letters only), ties
-to the first seen; answers are the same when their values are equal (upstream's ``Counter``,
-``inference.vote_grouping: exact``) or, as a switch, within the reward tolerance (``tolerance``)."""
+"""Majority voting (the official code, sampling.py:184-198): K samples per TEST question from the method's
+checkpoint (a cached samples stage, shared with ``rerank``), vote over the non-None extracted answers (MCQ:
+single letters only), ties to the first seen; answers are the same when their values are equal (the official
+``Counter``, sampling.py:184, 196; ``inference.vote_grouping: exact``) or, as a switch, within the reward
+tolerance (``tolerance``)."""
 
 from __future__ import annotations
 

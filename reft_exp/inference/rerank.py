@@ -1,12 +1,13 @@
-"""Reward-model reranking (upstream): a 2-class sequence classifier picks one of the K test samples.
+"""Reward-model reranking (the official code, train_reward_model.py:328, 302-304): a 2-class sequence
+classifier picks one of the K test samples.
 
 1. The reranker: ``AutoModelForSequenceClassification`` (2 labels, score read on the last non-pad token)
    initialised from the generator's checkpoint (the method's best), trained on the deduplicated samples
    that the SFT WARM-UP drew on the TRAIN split (a samples stage shared with offline self-training),
    labelled by correctness; AdamW, linear schedule with warm-up, CE loss. All training questions are used,
-   as upstream; ``heldout_fraction`` > 0 holds some out to report the classifier's accuracy and AUC beside
-   the majority-class rate (chance). The reranker is a cached stage keyed by (generator, training samples,
-   reranker config, and the test samples under ``best_on_test``).
+   as the official code (train_reward_model.py:50, 133); ``heldout_fraction`` > 0 holds some out to report
+   the classifier's accuracy and AUC beside the majority-class rate (chance). The reranker is a cached stage
+   keyed by (generator, training samples, reranker config, and the test samples under ``best_on_test``).
 2. At test time, among the unique valid candidates of each question's K samples (shared with
    ``majority_vote``; multiple choice: single letters, train_reward_model.py:294-298), the one with the
    highest P(correct) is the answer. ``selection: best_on_test`` (upstream, train_reward_model.py:188-193,
@@ -383,7 +384,8 @@ def run(ctx: RunContext, method_out: dict[str, Any]) -> dict[str, Any]:
     samples = samples_on_test(ctx, method_out)
     rr = ctx.cfg.inference.reranker
     stage, meta = reranker_stage(ctx, generator, samples)
-    if rr.selection == "best_on_test":  # upstream: the best test accuracy seen while training (optimistic)
+    # official: the best test accuracy seen in training (optimistic), train_reward_model.py:188-193, 397-402
+    if rr.selection == "best_on_test":
         accuracy, final_accuracy = meta["best_test_rerank_accuracy"], meta["final_test_rerank_accuracy"]
         scores = json.loads((stage.dir / "best" / BEST_SCORES_FILE).read_text())
     else:

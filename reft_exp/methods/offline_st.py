@@ -1,11 +1,12 @@
-"""Offline self-training (upstream baseline): learn from the warm-up model's own correct samples.
+"""Offline self-training (the official baseline, train_sl_model.py:328-344): learn from the warm-up model's
+own correct samples.
 
 1. Sample ``K`` responses per TRAIN question from the SFT warm-up checkpoint (a cached ``samples`` stage,
    shared with the reranker's training data);
 2. keep up to ``max_correct_per_question`` unique correct ones per question, plus the ground truth
-   (:func:`reft_exp.voting.select_offline_samples`): by default as upstream, whose training files are the
-   data file and the samples file, so the ground truth comes twice and a sample equal to it takes a slot
-   (``data_mode``);
+   (:func:`reft_exp.voting.select_offline_samples`): by default as the official code, whose training files
+   are the data file and the samples file, so the ground truth comes twice and a sample equal to it takes a
+   slot (train_sl_model.py:76-86, 328-344; ``data_mode``);
 3. fine-tune the BASE model on that set with the SFT recipe (the ``sft`` node) for ``epochs`` epochs,
    greedy test accuracy every ``eval_every_steps`` optimizer steps (per dataset, the OffSL scripts; null =
    every epoch), the best reported.

@@ -1,4 +1,5 @@
-"""Online self-training (upstream baseline): ReFT's RL loop and init without critic, KL or reference.
+"""Online self-training (the official baseline, train_rl_sl.py:306-379): ReFT's RL loop and init without
+critic, KL or reference.
 
 Each step, for a batch of training questions (train_rl_sl.py:306-379):
   1. sample one response per question from the current policy (top_k 0, top_p 1, temperature 1), the prompt

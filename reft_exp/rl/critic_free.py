@@ -121,8 +121,8 @@ def aggregate_loss(token_losses: torch.Tensor, mask: torch.Tensor, how: str, con
 
     * ``token``: ``sum(l * m) / sum(m)`` (every token of the batch weighs the same; TRL ``bnpo``, on one
       process ``dapo``); an empty mask gives 0.
-    * ``sequence``: ``mean_b( sum_t(l * m) / max(len_b, 1) )`` (DeepSeekMath GRPO, upstream ReFT's PPO loss);
-      a fully masked row adds 0 but still counts in the mean over ``B``.
+    * ``sequence``: ``mean_b( sum_t(l * m) / max(len_b, 1) )`` (DeepSeekMath GRPO, the official ReFT's PPO
+      loss, train_rl_reft.py:446, 466); a fully masked row adds 0 but still counts in the mean over ``B``.
     * ``constant``: ``sum(l * m) / (B * constant)`` (Dr. GRPO; ``constant`` = the generation budget).
     """
     m = mask.to(token_losses.dtype)

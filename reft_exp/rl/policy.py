@@ -1,8 +1,9 @@
 """The ReFT actor-critic: the causal LM policy plus a value head.
 
-``critic_shared=True`` (upstream): the value head is a fresh ``Linear(hidden, 1)`` on the policy's last
-hidden state, so one forward pass gives logits and values. ``critic_shared=False`` (the paper's ablation):
-a separate value model (a copy of the warm-up LM) carries the head.
+``critic_shared=True`` (the official code, TRL's value-head model, train_rl_reft.py:775-776): the value head
+is a fresh ``Linear(hidden, 1)`` on the policy's last hidden state, so one forward pass gives logits and
+values. ``critic_shared=False`` (the paper's ablation): a separate value model (a copy of the warm-up LM)
+carries the head.
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ Tensor conventions (shared with the training loop):
   right padding after the response.  Masks are right-padded prefixes of ones;
 * ``scores`` ``[B]`` is the correctness reward (1 correct, 0.1 extracted but wrong, 0 nothing extracted).
 
-Upstream works on full ``prompt + response`` rows with ``mask[:, prompt_len - 1:-1] = 1``; shifting its
-columns left by ``prompt_len - 1`` gives exactly the action-space layout used here (the prompt columns carry
-no mask, zero values and zero rewards upstream, so dropping them changes nothing).
+The official code works on full ``prompt + response`` rows with ``mask[:, prompt_len - 1:-1] = 1``
+(train_rl_reft.py:332-334); shifting its columns left by ``prompt_len - 1`` gives exactly the action-space
+layout used here (the prompt columns carry no mask, zero values and zero rewards there,
+train_rl_reft.py:356, 371, so dropping them changes nothing).
 
 Every function here is pure (no optimiser, no model); only :func:`masked_whiten` talks to other processes, and
 only when it is given a multi-process ``accelerate.Accelerator``.
@@ -43,7 +44,8 @@ __all__ = [
     "ppo_value_loss",
 ]
 
-#: ``eps`` inside ``rsqrt(var + eps)`` of the advantage whitening (upstream ``allgather_masked_whiten``, TRL).
+#: ``eps`` inside ``rsqrt(var + eps)`` of the advantage whitening (official ``allgather_masked_whiten``,
+#: src/utils.py:103; TRL).
 WHITEN_EPS = 1e-8
 
 
@@ -61,7 +63,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     """Mean of ``x`` over the positions where ``mask`` is 1.
 
     ``sum(x * mask) / sum(mask)``, over all elements when ``dim`` is None, else along ``dim`` (TRL 0.7
-    ``masked_mean``).  An all-zero mask gives NaN, as upstream.
+    ``masked_mean``).  An all-zero mask gives NaN, as in the official code (TRL's ``masked_mean``,
+    imported at train_rl_reft.py:32).
     """
     m = _as_mask(mask, x)
     if dim is None:
@@ -73,7 +76,8 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     """Variance of ``x`` over the masked positions (all of them, one scalar).
 
     ``var = sum(mask * (x - mean)^2) / N`` with ``N = sum(mask)``, times the Bessel correction ``N / (N - 1)``
-    when ``unbiased`` (TRL 0.7 ``masked_var``, whose default ``unbiased=True`` is what upstream uses).
+    when ``unbiased`` (TRL 0.7 ``masked_var``, whose default ``unbiased=True`` is what the official code
+    uses, src/utils.py:102).
 
     Raises:
         ValueError: if ``unbiased`` and the mask is empty.
@@ -109,15 +113,18 @@ def masked_whiten(
     ``var = sum(mask*(x - mu)^2) / (N - 1)`` and ``N = sum(mask)``, where the sums run over every process of
     ``accelerator`` (when it has ``num_processes > 1``): each process reduces its local sums and counts, so
     the result is the same as one process whitening the concatenated batch.  Processes may hold different
-    numbers of rows and different padded widths (upstream all-gathers whole tensors instead, which needs
-    ``pad_across_processes`` first; the statistics are identical).
+    numbers of rows and different padded widths (the official code all-gathers whole tensors instead,
+    src/utils.py:95-98, which needs ``pad_across_processes`` first, train_rl_reft.py:291; the statistics are
+    identical).
 
     ``shift_mean`` follows TRL's meaning: True (the default) leaves the output with mean 0; False adds ``mu``
-    back.  Upstream's ReFT call ``allgather_masked_whiten(adv, mask)`` uses its own flag with the *opposite*
-    name (``shift_mean=False`` there = mean removed), i.e. it is this function with ``shift_mean=True``.
+    back.  The official ReFT call ``allgather_masked_whiten(adv, mask)`` (train_rl_reft.py:421) uses its own
+    flag with the *opposite* name (``shift_mean=False`` there = mean removed, src/utils.py:84, 103-105), i.e.
+    it is this function with ``shift_mean=True``.
 
-    Padding: upstream leaves ``(0 - mu) * rsqrt(var + eps)`` in padded positions (harmless, every loss masks
-    them); here padded positions are set to 0 so the output can be summed or logged without a mask.
+    Padding: the official code leaves ``(0 - mu) * rsqrt(var + eps)`` in padded positions (src/utils.py:103;
+    harmless, every loss masks them); here padded positions are set to 0 so the output can be summed or
+    logged without a mask.
 
     Statistics are accumulated in float64 and the result is cast back to ``x.dtype``.
     """
@@ -165,9 +172,10 @@ def kl_penalty_rewards(
     ``r_t = -beta * kl_t + scores * [t == last masked position]``, 0 on padding.
 
     The last masked position is the action that emits EOS for a finished response, or the last generated
-    action for a truncated one.  Upstream (``rollout``): ``score_rew[:, -2] = correctness`` (last action of a
-    truncated row), overwritten by ``score_rew[b, eos_idx - 1]`` (the action whose label is EOS) when EOS is
-    present; ``kl = (old_logprob - ref_logprob) * mask``; ``rew = score_rew + kl_coef * (-kl)``.
+    action for a truncated one.  The official ``rollout`` (train_rl_reft.py:335-353):
+    ``score_rew[:, -2] = correctness`` (last action of a truncated row), overwritten by
+    ``score_rew[b, eos_idx - 1]`` (the action whose label is EOS) when EOS is present;
+    ``kl = (old_logprob - ref_logprob) * mask``; ``rew = score_rew + kl_coef * (-kl)``.
     Rows with an empty mask get no reward at all.
 
     Args:
@@ -175,11 +183,12 @@ def kl_penalty_rewards(
         logp_ref: ``[B, T]`` log-probs of the same tokens under the frozen reference (warm-up) policy.
         mask: ``[B, T]`` response mask.
         scores: ``[B]`` correctness rewards.
-        beta: KL coefficient (0.05 N-CoT, 0.01 P-CoT and MathQA-numeric N-CoT upstream).
+        beta: KL coefficient (official: 0.05 N-CoT, 0.01 P-CoT and MathQA-numeric N-CoT;
+            exps/paper_exps/ReFT/gsm8k.sh:38, 12, exps/paper_exps/ReFT/mathqa-numeric.sh:12).
 
     Returns:
         ``(rewards, kl)``, both ``[B, T]`` with zeros on padding; ``kl`` is the per-token k1 for logging
-        (``kl.sum(-1)`` is upstream's ``seq_kl``).
+        (``kl.sum(-1)`` is the official ``seq_kl``, train_rl_reft.py:519-522).
     """
     m = _as_mask(mask, logp_old)
     kl = (logp_old - logp_ref) * m
@@ -208,12 +217,15 @@ def gae_advantages(
         R_t     = A_t + V_t
 
     and both ``A`` and ``R`` are zeroed on padding.  Because ``V`` is 0 after the last response action, the
-    last action bootstraps from 0 (truncated responses are treated as terminal too, as upstream).
+    last action bootstraps from 0 (truncated responses are treated as terminal too, as the official code:
+    train_rl_reft.py:334, 356, 363).
 
-    Upstream (``rollout``): ``val = val * mask``; ``delta = -val[:-1] + rew[:-1] + gamma * val[1:]``;
-    ``adv = discount_cumsum(delta, gamma * lam)`` (scipy ``lfilter``, float64); ``ret = adv + val``; then
-    ``* mask``.  Its defaults are ``gamma = 1.0`` (discount) and ``lam = 0.95`` (GAE lambda); the paper's text
-    swaps the two names.  Computed in float64 and cast back to ``rewards.dtype``, as upstream.
+    The official ``rollout`` (train_rl_reft.py:356-377): ``val = val * mask``;
+    ``delta = -val[:-1] + rew[:-1] + gamma * val[1:]``; ``adv = discount_cumsum(delta, gamma * lam)`` (scipy
+    ``lfilter``, float64); ``ret = adv + val``; then ``* mask``.  Its defaults are ``gamma = 1.0`` (discount)
+    and ``lam = 0.95`` (GAE lambda, exps/paper_exps/ReFT/_template.sh:30-31); the paper's text swaps the two
+    names.  Computed in float64 and cast back to ``rewards.dtype``, as the official code
+    (train_rl_reft.py:360-366, 371-377).
 
     Returns:
         ``(advantages, returns)``, both ``[B, T]``.
@@ -241,7 +253,8 @@ def gae_advantages(
 
 
 def _per_sequence_then_batch_mean(token_losses: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``mean_b( sum_t(loss * mask) / max(sum_t mask, 1) )``: upstream's averaging of both PPO losses."""
+    """``mean_b( sum_t(loss * mask) / max(sum_t mask, 1) )``: the official averaging of both PPO losses
+    (train_rl_reft.py:446, 466, 474)."""
     lengths = m.sum(dim=-1).clamp(min=1.0)
     return ((token_losses * m).sum(dim=-1) / lengths).mean()
 
@@ -259,14 +272,15 @@ def ppo_policy_loss(
     ``l_t = max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps))``;
     ``loss = mean_b( sum_t(l_t * mask_t) / max(len_b, 1) )`` with ``len_b = sum_t mask_t``.
 
-    Upstream (``train_one_epoch``): ``pg_loss = ((max(pg_losses, pg_losses2) * mask).sum(-1) /
-    resp_len_per_sample).mean()`` with ``resp_len_per_sample = clamp(mask.sum(1), min=1)``; eps is hard-coded
-    0.2.  Padded positions have their log-ratio set to 0 before ``exp`` so no NaN/inf can leak from them.
+    The official ``train_one_epoch`` (train_rl_reft.py:446, 463-466):
+    ``pg_loss = ((max(pg_losses, pg_losses2) * mask).sum(-1) / resp_len_per_sample).mean()`` with
+    ``resp_len_per_sample = clamp(mask.sum(1), min=1)``; eps is hard-coded 0.2.  Padded positions have their
+    log-ratio set to 0 before ``exp`` so no NaN/inf can leak from them.
 
-    Stats (detached; TRL 0.7 definitions, token-level over all masked tokens; upstream itself logs only
-    ``mean_ratio``): ``clipfrac`` = fraction of tokens where the clipped term is the larger one,
-    ``approx_kl = 0.5 * mean((logp_new - logp_old)^2)``, ``policy_kl = mean(logp_old - logp_new)``,
-    ``mean_ratio``.
+    Stats (detached; TRL 0.7 definitions, token-level over all masked tokens; the official code logs only
+    ``mean_ratio`` of these, train_rl_reft.py:605): ``clipfrac`` = fraction of tokens where the clipped term
+    is the larger one, ``approx_kl = 0.5 * mean((logp_new - logp_old)^2)``,
+    ``policy_kl = mean(logp_old - logp_new)``, ``mean_ratio``.
 
     Returns:
         ``(loss, stats)``.
@@ -300,13 +314,14 @@ def ppo_value_loss(
     ``v_clip = clip(v_new, v_old - c, v_old + c)`` and per token
     ``l_t = max((v_new - R)^2, (v_clip - R)^2)``; ``loss = 0.5 * mean_b( sum_t(l_t * mask_t) / max(len_b, 1) )``.
 
-    Upstream (``train_one_epoch``): ``vpredclipped = max(min(vpreds, val + 0.2), val - 0.2)``;
+    The official ``train_one_epoch`` (train_rl_reft.py:471-478; ``vf_coef``:
+    exps/paper_exps/ReFT/_template.sh:28): ``vpredclipped = max(min(vpreds, val + 0.2), val - 0.2)``;
     ``vf_loss = 0.5 * ((max(vf_losses1, vf_losses2) * mask).sum(-1) / resp_len_per_sample).mean()``;
     total loss ``pg_loss + vf_coef * vf_loss`` with ``vf_coef = 5``.
 
     Stats (detached): ``vf_clipfrac`` (TRL 0.7: fraction of masked tokens where the clipped term is larger),
     ``mean_vpred``, ``mean_return`` and ``explained_var = max(-1, 1 - var(R - v_new) / (var(R) + 1e-8))``
-    (upstream's ``vf_expl_var``, unbiased masked variances over this batch).
+    (the official ``vf_expl_var``, train_rl_reft.py:502-505, unbiased masked variances over this batch).
 
     Returns:
         ``(loss, stats)``.
@@ -341,7 +356,8 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     For float32/float64 logits this is ``logits.gather(label) - logsumexp(logits)`` (the autograd graph keeps
     only ``[B, T]`` extras).  Half-precision logits are upcast to float32 one row at a time, so the peak extra
     memory is one ``[T, V]`` float32 row rather than the whole batch.  Same values as TRL 0.7
-    ``logprobs_from_logits`` (``gather(log_softmax(logits, -1), labels)``) used upstream.
+    ``logprobs_from_logits`` (``gather(log_softmax(logits, -1), labels)``) used by the official code
+    (train_rl_reft.py:32, 457).
 
     Args:
         logits: ``[..., V]``; for the policy, ``lm_logits[:, :-1]`` aligned with ``labels = input_ids[:, 1:]``.
@@ -367,8 +383,9 @@ def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     """Mean per-token entropy of ``softmax(logits)`` over the masked positions (a detached logging stat).
 
     ``H_t = logsumexp(z_t) - sum_v softmax(z_t)_v * z_{t,v}`` (TRL 0.7 ``entropy_from_logits``), then
-    ``masked_mean(H, mask)``.  Computed one row at a time in float32 to bound memory.  Upstream ReFT neither
-    logs nor optimises entropy; it is provided for monitoring only.
+    ``masked_mean(H, mask)``.  Computed one row at a time in float32 to bound memory.  The official ReFT
+    neither logs nor optimises entropy (its loss and logs: train_rl_reft.py:478, 583-619); it is provided
+    for monitoring only.
 
     Args:
         logits: ``[B, T, V]`` logits at the response action positions.

@@ -37,7 +37,8 @@ class Rollout:
 
 
 def rl_prompts(records: Sequence[dict], cot: str) -> list[str]:
-    """At RL and sampling time the P-CoT program header is part of the prompt (upstream)."""
+    """At RL and sampling time the P-CoT program header is part of the prompt (the official code,
+    train_rl_reft.py:152-153, sampling.py:76-77)."""
     return [build_prompt(r["question"], cot, with_header=True) for r in records]
 
 
@@ -69,8 +70,9 @@ def rollout_from_ids(tokenizer, records: Sequence[dict], prompt_ids: Sequence[Se
 def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_length: int, temperature: float,
                    top_k: int, top_p: float, add_special_tokens: bool = True, engine=None, *,
                    max_prompt_length: int | None = None, length_key: str = "method.max_length") -> Rollout:
-    """One sampled response per record (top_k 0 = off, as upstream RL); prompt + response <= ``max_length``
-    over the left-padded batch (upstream generate(max_length=max_gen_length), train_rl_reft.py:287).
+    """One sampled response per record (top_k 0 = off, as the official RL, train_rl_reft.py:280); prompt +
+    response <= ``max_length`` over the left-padded batch (upstream generate(max_length=max_gen_length),
+    train_rl_reft.py:287).
 
     ``max_prompt_length``: prompts keep their first ``max_prompt_length`` tokens (train_rl_reft.py:169), none is
     dropped. ``engine``: a :mod:`reft_exp.engines` engine; None = the process default (``rollout.engine``)."""
