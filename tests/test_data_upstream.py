@@ -319,3 +319,24 @@ def test_records_go_through_datasets(tmp_path: Path) -> None:
     cfg = _write(tmp_path / "d", "svamp_nl.json", json.dumps(records))
     with pytest.raises(DataError, match=r"svamp_nl\.json: records do not share one schema"):
         load_upstream(cfg, "n", "train")
+
+
+def test_fields_are_stripped_as_the_official_scripts_read_them(tmp_path: Path) -> None:
+    """train_sft_model.py:98-103 (and the RL / self-training scripts) strip question, answer_value and answer_cot
+    before formatting: a record padded with whitespace gives the prompt and target of the clean record. The real
+    SVAMP files have no such padding: they load unchanged."""
+    from reft_exp.prompts import build_prompt, build_target
+
+    clean = _small_records(3)
+    padded = [r | {"question": f"  {r['question']}\n", "answer_cot": f"\n{r['answer_cot']}  \n",
+                   "answer_value": f" {r['answer_value']} "} for r in clean]
+    (tmp_path / "svamp_nl.json").write_text(json.dumps(padded))
+    cfg = _config("svamp", tmp_path / "cache", data_dir=str(tmp_path))
+    loaded = load_upstream(cfg, "n", "train")
+    assert loaded == clean
+    assert build_prompt(loaded[0]["question"], "n") == "Question:\nq0?\nAnswer reasoning:\n"
+    assert build_target(loaded[1], "n") == f"c1{TRIGGER_SPLIT}1"
+    real = _config("svamp", tmp_path / "cache", data_dir=str(_need(REFT_DATA / "svamp_nl.json").parent))
+    for cot, split, name in (("n", "train", "svamp_nl.json"), ("p", "train", "svamp_python_sdp.json"),
+                             ("n", "test", "svamp_test_set.json")):
+        assert load_upstream(real, cot, split) == json.loads((REFT_DATA / name).read_text())

@@ -142,3 +142,48 @@ def test_the_lm_head_on_response_positions_gives_the_log_probs_and_values_of_eve
                           atol=1e-6)
     ref_logp = response_logprobs_values(lm, ro, with_values=False)[0]  # a plain LM (the reference's path)
     assert torch.allclose(ref_logp, logp, atol=1e-6)
+
+
+def _opt_update(mode: str) -> dict[str, torch.Tensor]:
+    """The weights after one ReFT PPO update (2 PPO epochs) of a one-layer OPT policy (Galactica's family: dropout
+    0.1) with a shared critic. ``mode``: "official" = every forward in eval mode, as train_rl_reft.py (rollout
+    under model.eval() at :275 / :409, the PPO forward under model.eval() at :455); "disabled" = ReFT's
+    ``disable_dropout`` applied and the first PPO epoch's forward reused, as ReFTTask does; "dropout" = updates
+    in train mode with the model's dropout."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from reft_exp.rl.policy import disable_dropout
+
+    torch.manual_seed(0)
+    cfg = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                    max_position_embeddings=64, word_embed_proj_dim=16)
+    lm, ref = OPTForCausalLM(cfg), OPTForCausalLM(cfg)
+    ref.load_state_dict(lm.state_dict())
+    if mode == "disabled":
+        disable_dropout(lm)
+    policy = PolicyWithValue(lm, None)
+    if mode == "official":
+        policy.eval()
+        policy.train = lambda mode=True: policy  # ppo_update's train() / eval() leave it in eval mode
+    rc = ReFTConfig(lam=1.0, lr=1e-3, ppo_epochs=2, critic_shared=True, kl_coef=0.05)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=rc.lr)
+    torch.manual_seed(1)  # the dropout masks of the "dropout" run
+    ppo_update(Accelerator(cpu=True), rc, policy, ref.eval(), optimizer, _rollout(cfg.vocab_size),
+               reuse_first_forward=mode == "disabled")
+    return {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
+def test_reft_default_update_is_the_official_eval_mode_update_on_a_model_with_dropout():
+    """The official PPO update runs the policy in eval mode (train_rl_reft.py:455), so Galactica's dropout never
+    applies; ReFT's default ``disable_dropout: true`` gives that update (and lets the first PPO epoch's forward
+    stand in for the old log-probs pass), while updating in train mode with the model's dropout does not."""
+    from reft_exp.config import load_run_config
+
+    assert ReFTConfig().disable_dropout is True
+    galactica = load_run_config(["model=galactica-6.7b", "dataset=gsm8k", "cot=n", "method=reft"]).method
+    assert galactica.disable_dropout is True
+    official, ours, with_dropout = (_opt_update(m) for m in ("official", "disabled", "dropout"))
+    for k in official:
+        torch.testing.assert_close(ours[k], official[k], rtol=1e-5, atol=1e-6, msg=k)
+    moved = max((with_dropout[k] - official[k]).abs().max().item() for k in official)
+    assert moved > 1e-4, "train-mode dropout changes the update (the point of the default)"

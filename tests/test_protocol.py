@@ -25,7 +25,7 @@ def test_config_defaults_are_the_official_protocol():
     reft = load_run_config(["model=codellama-7b", "dataset=gsm8k", "cot=p", "method=reft"])
     assert (reft.method.eval_with_header, reft.method.eval_max_length) == (True, 700)
     assert reft.method.max_prompt_length == 300 and reft.executor.timeout_s == 10.0
-    assert reft.method.disable_dropout is False  # no dropout code in train_rl_reft.py: the model's own dropout
+    assert reft.method.disable_dropout is True  # every policy forward in eval mode (train_rl_reft.py:275, 455)
     assert reft.sft.save_epochs is None  # every SFT epoch kept, as the SFT template (keep_num_ckpt 40)
     assert reft.sft.eval_max_length == 1024 and reft.sft.eval_every_steps is None
     onst = load_run_config(["model=codellama-7b", "dataset=svamp", "method=online_st"]).method

@@ -1,4 +1,5 @@
-"""The paper's datasets in the upstream ReFT file layout (lqtrung1998/mwp_ReFT ``data/``).
+"""The paper's datasets in the official ReFT file layout (lqtrung1998/mwp_ReFT ``data/``, as
+exps/paper_exps/ReFT/gsm8k.sh:5-6 names them).
 
 Files: ``<stem>_nl.json`` (N-CoT train), ``<stem>_python_sdp.json`` (P-CoT train), ``<stem>_test_set.json``
 (test, both CoT styles); each a JSON list of records ``item_id``, ``question``, ``answer_value`` (strings)
@@ -37,6 +38,17 @@ GSM8K_ORIGINAL_CACHE = "grade-school-math"  # subfolder of the cache for the ori
 
 class DataError(ValueError):
     """A data file that cannot be found, downloaded or read; the message is one line naming the file."""
+
+
+# The official SFT, RL and self-training scripts strip these fields as they read a record, test sets included
+# (train_sft_model.py:98-103, train_rl_reft.py:138-143, train_rl_sl.py:106-111, train_sl_model.py:319-324);
+# sampling.py:71-73 prompts with the question as read. The files here have no surrounding whitespace.
+STRIPPED_FIELDS = ("question", "answer_value", "answer_cot")
+
+
+def strip_fields(records: list[dict]) -> list[dict]:
+    """``records`` with the string values of :data:`STRIPPED_FIELDS` stripped, as the official scripts read them."""
+    return [r | {k: r[k].strip() for k in STRIPPED_FIELDS if isinstance(r.get(k), str)} for r in records]
 
 
 def upstream_filename(stem: str, cot: str, split: str) -> str:
@@ -89,7 +101,7 @@ def load_upstream(cfg: UpstreamDatasetConfig, cot: str, split: str) -> list[dict
         origin = str(path)
 
     validate_records(records, origin, required, cfg.answer_type)
-    records = _through_datasets(records, origin)
+    records = strip_fields(_through_datasets(records, origin))
     limit = cfg.train_limit if split == "train" else cfg.test_limit
     return records[:limit] if limit is not None else records
 
@@ -180,7 +192,8 @@ def _failing_record(text: str) -> int:
 
 
 def parse_json_list(text: str, origin: str) -> list:
-    """A JSON list (the upstream file format); malformed JSON names the line, column and record index."""
+    """A JSON list (the official file format, train_rl_reft.py:115-116); malformed JSON names the line, column
+    and record index."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -234,7 +247,8 @@ def validate_records(records: list, origin: str, required: tuple[str, ...], answ
 
 
 def _through_datasets(records: list[dict], origin: str) -> list[dict]:
-    """Pass the records through ``datasets.Dataset`` (one consistent Arrow schema, as upstream loads them)."""
+    """Pass the records through ``datasets.Dataset`` (one consistent Arrow schema, as the official code loads
+    them, train_rl_reft.py:115-116)."""
     import datasets
 
     try:

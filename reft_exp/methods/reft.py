@@ -1,4 +1,5 @@
-"""ReFT: PPO on the correctness reward, from the SFT warm-up checkpoint (upstream ``train_rl_reft.py``).
+"""ReFT: PPO on the correctness reward, from the SFT warm-up checkpoint (the official code,
+train_rl_reft.py:274-392 rollout, 403-478 update).
 
 Each step, for a batch of training questions:
   1. sample one response per question (top_k 0, top_p 1, temperature 1), the P-CoT header in the prompt;
@@ -72,7 +73,7 @@ class ReFTTask(RLTask):
         acc.gradient_accumulation_steps = 1  # one optimizer step per PPO epoch (backward() divides by this)
         self.ref = prepare_frozen(acc, ref)  # no optimizer state; a DeepSpeed inference engine under ZeRO-3
         # the first PPO epoch's forward serves as the rollout's old log-probs / values pass unless dropout is on
-        self.reuse_first_forward = rc.ppo_epochs > 0 and not has_dropout(policy)
+        self.reuse_first_forward = rc.ppo_epochs > 0 and (rc.disable_dropout or not has_dropout(policy))
 
     def lm(self):
         return self.ctx.accelerator.unwrap_model(self.policy).lm
@@ -120,10 +121,13 @@ def ppo_update(acc, rc: ReFTConfig, policy, ref, optimizer, ro, reuse_first_forw
     then ``ppo_epochs`` clipped policy + value updates. Returns the update's scalar stats.
 
     The rollout's log-probs and values are the policy's before any update, in eval mode (train_rl_reft.py:
-    275-320 under model.eval(), 403 model.train()). When the policy has no dropout, eval and train mode give
-    the same forward pass, so the first PPO epoch's forward (train mode, with grad) IS that pass: it is computed
+    275-320 under model.eval(), 403 model.train()); the official updates run their forward in eval mode too
+    (train_rl_reft.py:455), which ReFT's default ``disable_dropout: true`` gives (with ``false`` the updates here
+    run in train mode, with the model's dropout). When the policy has no dropout, eval and train mode give the
+    same forward pass, so the first PPO epoch's forward (train mode, with grad) IS that pass: it is computed
     once and used for both (one forward of the policy, and of a separate critic, less per step).
-    ``reuse_first_forward``: None = whenever the policy has no dropout (:func:`has_dropout`)."""
+    ``reuse_first_forward``: None = whenever the policy has no dropout (:func:`has_dropout`; ReFTTask passes
+    True when it disabled the dropout itself)."""
     mask = ro.response_mask
     scores = ro.scores.to(mask.device)
     if reuse_first_forward is None:
