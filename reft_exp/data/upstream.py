@@ -42,7 +42,7 @@ class DataError(ValueError):
 
 # The official SFT, RL and self-training scripts strip these fields as they read a record, test sets included
 # (train_sft_model.py:98-103, train_rl_reft.py:138-143, train_rl_sl.py:106-111, train_sl_model.py:319-324);
-# sampling.py:71-73 prompts with the question as read. The files here have no surrounding whitespace.
+# sampling.py:74-77 prompts with the question as read. The files here have no surrounding whitespace.
 STRIPPED_FIELDS = ("question", "answer_value", "answer_cot")
 
 
