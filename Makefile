@@ -77,11 +77,14 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(OFFLINE) $(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
+# One shell for both sweeps, so that the end can print how long the grid took (bash's SECONDS).
 demo: $(STAMP)
+	SECONDS=0; \
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke cell=$(DEMO_TRAIN_CELLS) \
-		hydra.callbacks.tables.enabled=false $(DEMO_ARGS)
+		hydra.callbacks.tables.enabled=false $(DEMO_ARGS) && \
 	$(OFFLINE) $(PY) -m reft_exp.run --multirun experiment=smoke cell=$(DEMO_SAMPLE_CELLS) \
-		hydra/launcher=parallel hydra.launcher.n_jobs=2 num_threads=1 $(DEMO_ARGS)
+		hydra/launcher=parallel hydra.launcher.n_jobs=2 num_threads=1 $(DEMO_ARGS) && \
+	echo "make demo: the grid took $$((SECONDS / 60)) min $$((SECONDS % 60)) s (the installation not counted)"
 	@echo "results records: results/runs/   (one JSON per grid cell)"
 	@echo "tables (ours beside the paper's, rebuilt at the end of the second sweep): results/tables/table1.md, table2.md (+ .csv, .tex)"
 	@echo "plots: results/plots/*.png   (rebuild by hand: python -m reft_exp.tables)"
