@@ -280,7 +280,9 @@ class RLLoopConfig:
     batch_size: int = 4  # questions per device per step, one sample each
     grad_clip: float = 1.0
     max_questions: int | None = None  # RL on the first N training questions only (smoke/tests); None = all
-    max_prompt_length: int = 300  # longer prompts are truncated to this many tokens (train_rl_reft.py:169)
+    # longer prompts keep their first this many tokens, rollouts and greedy test evaluations alike (the official
+    # cut, train_rl_reft.py:169, is in the tokenization of both splits, :187-192)
+    max_prompt_length: int = 300
     max_length: int = 700  # prompt + response
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
@@ -456,7 +458,9 @@ class RerankerConfig:
 
     lr: float = 1e-6
     epochs: int = 3
-    batch_size: int = 24
+    # per process, as sft.batch_size: the official 3 per GPU x 8 processes = 24 a step
+    # (exps/paper_exps/Rerank/_template.sh:16, 40; train_reward_model.py:133)
+    batch_size: int = 3
     max_length: int = 700
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0

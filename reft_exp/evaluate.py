@@ -58,18 +58,20 @@ def greedy_prompts(records: Sequence[dict], cot: str, with_header: bool = False)
 def greedy_eval(accelerator, model, tokenizer, records: Sequence[dict], spec: AnswerSpec,
                 max_new_tokens: int, batch_size: int, add_special_tokens: bool = True,
                 progress: bool = False, executor=None, *, with_header: bool = False,
-                max_length: int | None = None, length_key: str = "inference.max_new_tokens") -> EvalResult:
+                max_length: int | None = None, length_key: str = "inference.max_new_tokens",
+                max_prompt_length: int | None = None) -> EvalResult:
     """Greedy decoding on ``records``; accuracy = fraction whose extracted answer matches the gold.
 
     ``max_length`` (prompt + response tokens over the padded batch, the official limit, train_rl_reft.py:685,
     train_sft_model.py:305) replaces ``max_new_tokens`` when set; a prompt that cannot fit raises a one-line
     ConfigError naming ``length_key``. With ``with_header`` the P-CoT header is in the prompt and the scored
-    text is header + completion."""
+    text is header + completion. ``max_prompt_length``: prompts keep their first that many tokens (the RL
+    evaluations: the official test prompts are cut as the training ones, train_rl_reft.py:169, 187-192)."""
     prompts = greedy_prompts(records, spec.cot, with_header)
     outs = generate_distributed(accelerator, model, tokenizer, prompts,
                                 DecodingConfig(do_sample=False, max_new_tokens=max_new_tokens), batch_size,
                                 add_special_tokens, progress, desc="greedy eval", max_length=max_length,
-                                length_key=length_key)
+                                length_key=length_key, max_prompt_length=max_prompt_length)
     return eval_result(score_completions(records, [o[0] for o in outs], spec, executor))
 
 

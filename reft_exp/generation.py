@@ -167,20 +167,22 @@ def generate_texts(
     engine=None,
     max_length: int | None = None,
     length_key: str = "max_length",
+    max_prompt_length: int | None = None,
 ) -> list[list[str]]:
     """For each prompt, ``num_return_sequences`` answer texts (:func:`decode_answer`: the P-CoT header of a
     header prompt included, stripped).
 
     ``max_length``: prompt + response tokens (overrides ``decoding.max_length``; None keeps it); a prompt that
-    leaves no room raises a :class:`ConfigError` naming ``length_key``. ``engine``: a :mod:`reft_exp.engines`
-    engine; None = the process default (``rollout.engine``)."""
+    leaves no room raises a :class:`ConfigError` naming ``length_key``. ``max_prompt_length``: prompts keep their
+    first that many tokens (:func:`encode_prompts`). ``engine``: a :mod:`reft_exp.engines` engine; None = the
+    process default (``rollout.engine``)."""
     from reft_exp.engines import default_engine
 
     if max_length is not None:
         decoding = DecodingConfig(**{**decoding.__dict__, "max_length": max_length})
     engine = engine or default_engine()
     model = _unwrap(model)
-    enc = encode_prompts(tokenizer, prompts, add_special_tokens)
+    enc = encode_prompts(tokenizer, prompts, add_special_tokens, max_prompt_length)
     check_fits([len(e) for e in enc], decoding.max_length, length_key)
     was_training = model.training
     model.eval()
@@ -210,15 +212,16 @@ def generate_texts(
 def generate_distributed(accelerator, model, tokenizer, prompts: Sequence[str], decoding: DecodingConfig,
                          batch_size: int, add_special_tokens: bool = True, progress: bool = False,
                          desc: str = "generate", engine=None, max_length: int | None = None,
-                         length_key: str = "max_length") -> list[list[str]]:
+                         length_key: str = "max_length", max_prompt_length: int | None = None) -> list[list[str]]:
     """Shard prompts over processes, generate, gather in the original order (every process gets all)."""
     from accelerate.utils import gather_object
 
     if accelerator is None or accelerator.num_processes == 1:
         return generate_texts(model, tokenizer, prompts, decoding, batch_size, add_special_tokens, progress, desc,
-                              engine, max_length=max_length, length_key=length_key)
+                              engine, max_length=max_length, length_key=length_key,
+                              max_prompt_length=max_prompt_length)
     with accelerator.split_between_processes(list(prompts)) as shard:
         local = generate_texts(model, tokenizer, shard, decoding, batch_size, add_special_tokens,
                                progress and accelerator.is_main_process, desc, engine, max_length=max_length,
-                               length_key=length_key)
+                               length_key=length_key, max_prompt_length=max_prompt_length)
     return gather_object(local)

@@ -244,10 +244,23 @@ def load_tokenizer(path: str | Path, cfg: ModelConfig) -> PreTrainedTokenizerBas
     return tok
 
 
-def load_causal_lm(path: str | Path, cfg: ModelConfig) -> torch.nn.Module:
-    """Load a causal LM (hub id or local folder) in the configured dtype with the configured pad / eos ids. Its
-    dropout is left as the model has it: each RL method decides (``method.disable_dropout``)."""
-    kwargs = {"dtype": DTYPES[cfg.dtype]}
+def trainable_dtype(model: ModelConfig, accelerate) -> str:
+    """The dtype a model is loaded in when an optimizer updates it. torch's AdamW updates a weight in the weight's
+    own dtype, and bfloat16 keeps 8 bits of mantissa: a step below ~1/256 of the weight is rounded away, which at
+    the paper's learning rates (SFT 1e-5, ReFT 3e-7) on weights of ~0.02 is nearly every step
+    (tests/test_models.py). So outside DeepSpeed the trained weights are float32 master weights and
+    ``accelerate.mixed_precision: bf16`` runs the compute in bf16 under autocast. Under DeepSpeed ZeRO
+    (``accelerate.zero_stage`` 2 / 3) its bf16 optimizer keeps float32 master weights itself, as in the official
+    runs (ZeRO-2 + bf16, default_config_deepspeed.yaml:8, 12), and the configured dtype stays. Frozen models
+    (the reference, sampling, evaluation) load in the configured dtype."""
+    return model.dtype if accelerate.zero_stage else "float32"
+
+
+def load_causal_lm(path: str | Path, cfg: ModelConfig, dtype: str | None = None) -> torch.nn.Module:
+    """Load a causal LM (hub id or local folder) in ``dtype`` (None: the configured one, ``cfg.dtype``) with the
+    configured pad / eos ids. Its dropout is left as the model has it: each RL method decides
+    (``method.disable_dropout``)."""
+    kwargs = {"dtype": DTYPES[dtype or cfg.dtype]}
     if isinstance(cfg, HubModelConfig):
         kwargs.update(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     path = str(path)

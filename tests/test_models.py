@@ -75,3 +75,32 @@ def test_hub_model_that_cannot_be_loaded_is_one_config_error_naming_the_ways_out
         msg = str(err.value)
         assert "\n" not in msg and "'reft-exp-tests/no-such-model' cannot be loaded" in msg
         assert "Hugging Face cache" in msg and "model.path=<folder>" in msg
+
+
+def test_trained_weights_are_float32_master_weights_outside_deepspeed(tiny_dir):
+    """AdamW updates a weight in the weight's dtype: one step at the paper's SFT lr (1e-5) on bfloat16 weights
+    leaves most of them exactly as they were (the step is below bf16's rounding), while float32 master weights
+    all move. So a trained model loads in float32 unless DeepSpeed keeps the master weights (ZeRO 2 / 3); frozen
+    models keep the configured dtype."""
+    from reft_exp.config import AccelerateConfig
+    from reft_exp.models import trainable_dtype
+
+    folder, _ = tiny_dir
+    bf16 = TinyModelConfig(name="tiny", kind="tiny", dtype="bfloat16")
+    plain, zero2 = AccelerateConfig(name="gpu_bf16", mixed_precision="bf16"), AccelerateConfig(name="z", zero_stage=2)
+    assert (trainable_dtype(bf16, plain), trainable_dtype(bf16, zero2)) == ("float32", "bfloat16")
+    assert load_causal_lm(folder, bf16).dtype == torch.bfloat16  # frozen / sampling: as configured
+
+    def share_moved(dtype: str) -> float:
+        model = load_causal_lm(folder, bf16, dtype)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+        ids = torch.randint(3, 100, (4, 16), generator=torch.Generator().manual_seed(0))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        moved = sum((p.detach() != b).sum().item() for p, b in zip(model.parameters(), before))
+        return moved / sum(b.numel() for b in before)
+
+    master, bf16_weights = share_moved(trainable_dtype(bf16, plain)), share_moved("bfloat16")
+    print(f"share of weights moved by one AdamW step at lr 1e-5: float32 {master:.3f}, bfloat16 {bf16_weights:.3f}")
+    assert master > 0.9 and bf16_weights < 0.5

@@ -338,6 +338,21 @@ def test_generation_paths_decode_with_the_prompt(name, tok_factory, records):
     assert ro.prompt_width == limit and len(ro.completions) == len(recs)
     assert ro.input_ids.shape[1] <= limit + 5
 
+    # The RL greedy evaluation cuts the test prompts as the rollouts' (the official cut is in the tokenization of
+    # both splits, train_rl_reft.py:169, 187-192): the answer text starts with the header as far as the cut kept it
+    from accelerate import Accelerator
+
+    from reft_exp.evaluate import greedy_eval
+    from reft_exp.execute import ProgramExecutor
+
+    with ProgramExecutor(timeout_s=5) as executor:
+        res = greedy_eval(Accelerator(cpu=True), model, t, recs, AnswerSpec(cot="p"), max_new_tokens=6, batch_size=4,
+                          add_special_tokens=add, executor=executor, with_header=True, max_prompt_length=limit)
+    cut_prompts = [t.decode(e, skip_special_tokens=True) for e in encode_prompts(t, prompts, add, limit)]
+    for row, cut_prompt, r in zip(res.predictions, cut_prompts, recs):
+        kept = cut_prompt.split("\nAnswer reasoning:\n")[-1].strip()
+        assert row["completion"].startswith(kept) and not row["completion"].startswith(program_header(r["question"]).strip())
+
 
 # ------------------------------------------------------------------------------------------ special tokens
 @pytest.mark.parametrize("name", TOKENIZERS)

@@ -37,9 +37,10 @@ from reft_exp.batching import right_pad
 from reft_exp.checkpoint import save_model
 from reft_exp.config import RerankerConfig
 from reft_exp.context import RunContext
+from reft_exp.distributed import configure_deepspeed
 from reft_exp.inference.majority_vote import generator_checkpoint, samples_on_test, vote_stats
 from reft_exp.methods.sft import sft_checkpoint, sft_stage
-from reft_exp.models import DTYPES, load_tokenizer
+from reft_exp.models import DTYPES, load_tokenizer, trainable_dtype
 from reft_exp.prompts import build_prompt
 from reft_exp.runner import GeneratorState, Schedule, Task, remove_state, train
 from reft_exp.sampling import SampleSet, sample_stage, samples_stage_of
@@ -172,7 +173,7 @@ class RerankerTask(Task):
         acc, cfg = ctx.accelerator, ctx.cfg
         self.ctx, self.rr, self.test_eval = ctx, rr, test_eval
         self.tokenizer = load_tokenizer(generator, cfg.model)
-        model = load_classifier(generator, cfg.model.dtype, num_labels=2)
+        model = load_classifier(generator, trainable_dtype(cfg.model, cfg.accelerate), num_labels=2)
         model.config.pad_token_id = cfg.model.pad_token_id
         self.collate = ClassifierCollator(self.tokenizer, rr.max_length, cfg.model.add_special_tokens)
         self.train, self.held = heldout_split(examples, rr.heldout_fraction, cfg.root.seed)
@@ -180,6 +181,7 @@ class RerankerTask(Task):
         loader = DataLoader(self.train, batch_size=rr.batch_size, shuffle=True, collate_fn=self.collate,
                             generator=data_order)
         optimizer = torch.optim.AdamW(model.parameters(), lr=rr.lr, weight_decay=rr.weight_decay)
+        configure_deepspeed(acc, rr.batch_size, 1, rr.grad_clip)  # DeepSpeed only: its batch/accum/clip values
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, loader)
         total = rr.epochs * len(self.loader)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(rr.warmup_ratio * total), total)

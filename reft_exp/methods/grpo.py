@@ -28,7 +28,7 @@ from reft_exp.config import CriticFreeConfig, GRPOConfig
 from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed, prepare_frozen
 from reft_exp.methods.sft import sft_checkpoint, sft_stage
-from reft_exp.models import load_causal_lm, load_tokenizer
+from reft_exp.models import load_causal_lm, load_tokenizer, trainable_dtype
 from reft_exp.rl.critic_free import (
     clipped_policy_loss,
     grpo_advantages,
@@ -60,7 +60,7 @@ class GroupTask(RLTask):
         super().__init__(ctx, rc, desc, init_path)
         acc, cfg = ctx.accelerator, ctx.cfg
         self.tokenizer = load_tokenizer(init_path, cfg.model)
-        lm = load_causal_lm(init_path, cfg.model)
+        lm = load_causal_lm(init_path, cfg.model, trainable_dtype(cfg.model, cfg.accelerate))
         ref = load_causal_lm(init_path, cfg.model)
         for m in (lm, ref):
             if rc.disable_dropout:

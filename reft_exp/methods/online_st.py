@@ -25,8 +25,9 @@ import torch
 from reft_exp.batching import PadCollator, encode_records
 from reft_exp.config import OnlineSTConfig
 from reft_exp.context import RunContext
+from reft_exp.distributed import configure_deepspeed
 from reft_exp.methods.sft import sft_checkpoint, sft_stage
-from reft_exp.models import load_causal_lm, load_tokenizer
+from reft_exp.models import load_causal_lm, load_tokenizer, trainable_dtype
 from reft_exp.rl.loop import RLTask, rl_schedule
 from reft_exp.rl.policy import disable_dropout, response_logits
 from reft_exp.rl.ppo_core import logprobs_from_logits
@@ -46,11 +47,12 @@ class OnlineSTTask(RLTask):
         super().__init__(ctx, oc, "online_st", init_path)
         acc, cfg = ctx.accelerator, ctx.cfg
         self.tokenizer = load_tokenizer(init_path, cfg.model)
-        lm = load_causal_lm(init_path, cfg.model)
+        lm = load_causal_lm(init_path, cfg.model, trainable_dtype(cfg.model, cfg.accelerate))
         if oc.disable_dropout:
             disable_dropout(lm)
         optimizer = torch.optim.AdamW(lm.parameters(), lr=oc.lr, weight_decay=oc.weight_decay,
                                       betas=tuple(oc.adam_betas), eps=oc.adam_eps)
+        configure_deepspeed(acc, oc.batch_size, 1, oc.grad_clip)  # DeepSpeed only: its batch/accum/clip values
         self.model, self.optimizer = acc.prepare(lm, optimizer)
         acc.gradient_accumulation_steps = 1
         self.collate = PadCollator(self.tokenizer.pad_token_id)
@@ -83,7 +85,8 @@ def online_step(ctx: RunContext, oc: OnlineSTConfig, lm, optimizer, tokenizer, c
         on_rollout(ro)
     keep = (ro.scores == ctx.spec.correct_reward).float().to(ro.response_mask.device)
     # the ground-truth input: prompt + CoT + EOS cut to gt_max_length tokens (train_rl_sl.py:134)
-    gt = collate(encode_records(tokenizer, records, ctx.cot, oc.gt_max_length, cfg.model.add_special_tokens))
+    gt = collate(encode_records(tokenizer, records, ctx.cot, oc.gt_max_length, cfg.model.add_special_tokens,
+                                length_key="method.gt_max_length"))
     gt = {k: v.to(acc.device) for k, v in gt.items()}
     loss, sample_ce, gt_ce = online_update(acc, oc, lm, optimizer, ro, keep, gt)
     t3 = time.perf_counter()

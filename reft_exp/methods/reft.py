@@ -27,7 +27,7 @@ from reft_exp.config import ReFTConfig
 from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed, prepare_frozen
 from reft_exp.methods.sft import sft_checkpoint, sft_stage
-from reft_exp.models import load_causal_lm, load_tokenizer
+from reft_exp.models import load_causal_lm, load_tokenizer, trainable_dtype
 from reft_exp.rl.loop import RLTask, rl_schedule
 from reft_exp.rl.policy import PolicyWithValue, disable_dropout, has_dropout, response_logprobs_values
 from reft_exp.rl.ppo_core import (
@@ -58,8 +58,9 @@ class ReFTTask(RLTask):
         super().__init__(ctx, rc, "reft", init_path)
         acc, cfg = ctx.accelerator, ctx.cfg
         self.tokenizer = load_tokenizer(init_path, cfg.model)
-        lm = load_causal_lm(init_path, cfg.model)
-        value_lm = None if rc.critic_shared else load_causal_lm(init_path, cfg.model)
+        trained = trainable_dtype(cfg.model, cfg.accelerate)  # the reference stays in the configured dtype
+        lm = load_causal_lm(init_path, cfg.model, trained)
+        value_lm = None if rc.critic_shared else load_causal_lm(init_path, cfg.model, trained)
         ref = load_causal_lm(init_path, cfg.model)
         for m in (lm, value_lm, ref):
             if m is not None and rc.disable_dropout:

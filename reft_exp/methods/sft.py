@@ -26,7 +26,7 @@ from reft_exp.config import ConfigError, SFTConfig
 from reft_exp.context import RunContext
 from reft_exp.distributed import configure_deepspeed
 from reft_exp.evaluate import eval_outputs, greedy_eval
-from reft_exp.models import load_causal_lm, load_tokenizer
+from reft_exp.models import load_causal_lm, load_tokenizer, trainable_dtype
 from reft_exp.runner import GeneratorState, Schedule, Task, stage_of, train, training_stage
 from reft_exp.stages import Stage
 
@@ -42,7 +42,7 @@ class SupervisedTask(Task):
         acc, cfg = ctx.accelerator, ctx.cfg
         self.ctx, self.sft = ctx, sft
         self.tokenizer = load_tokenizer(init_path, cfg.model)
-        model = load_causal_lm(init_path, cfg.model)
+        model = load_causal_lm(init_path, cfg.model, trainable_dtype(cfg.model, cfg.accelerate))
         examples = encode_records(self.tokenizer, records, ctx.cot, sft.max_length, cfg.model.add_special_tokens)
         generator = torch.Generator().manual_seed(cfg.root.seed)  # the data order, saved with every state
         loader = sft_loader(examples, sft.batch_size, generator, self.tokenizer.pad_token_id, sft.length_bucketing,

@@ -79,7 +79,8 @@ class RLTask(Task):
         res = greedy_eval(ctx.accelerator, self.lm(), self.tokenizer, ctx.splits["test"], ctx.spec,
                           cfg.inference.max_new_tokens, rc.eval_batch_size, cfg.model.add_special_tokens,
                           cfg.root.progress, ctx.executor_if_needed, with_header=rc.eval_with_header,
-                          max_length=rc.eval_max_length, length_key="method.eval_max_length")
+                          max_length=rc.eval_max_length, length_key="method.eval_max_length",
+                          max_prompt_length=rc.max_prompt_length)  # test prompts cut as the rollouts' (:169)
         return {"test_accuracy": res.accuracy, "outputs": eval_outputs(ctx.splits["test"], res)}
 
     def evaluate_initial(self) -> dict:
@@ -90,7 +91,7 @@ class RLTask(Task):
             return self.evaluate()
         rc = self.rc
         settings = {"with_header": rc.eval_with_header, "max_length": rc.eval_max_length,
-                    "batch_size": rc.eval_batch_size}
+                    "max_prompt_length": rc.max_prompt_length, "batch_size": rc.eval_batch_size}
         return cached_greedy_eval(self.ctx, self.init_path, settings, self.evaluate, name="warmup_eval")
 
     def save_model(self, folder: Path) -> None:

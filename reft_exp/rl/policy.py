@@ -75,7 +75,9 @@ class PolicyWithValue(nn.Module):
         else:
             hidden = self.value_lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    output_hidden_states=True, **_keep(self.value_lm, 1)).hidden_states[-1]
-        values = self.v_head(hidden.float()).squeeze(-1)
+        # in the head's own dtype: float32 (set above), unless DeepSpeed's bf16 engine cast the whole module to bf16,
+        # where a float32 input would not match the weight; the values leave in float32 either way
+        values = self.v_head(hidden.to(self.v_head.weight.dtype)).float().squeeze(-1)
         return out.logits, values
 
     def save_value_head(self, folder: str | Path) -> None:
