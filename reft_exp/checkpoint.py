@@ -12,13 +12,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def save_model(accelerator, model, tokenizer, folder: str | Path) -> None:
+def save_model(accelerator, model, tokenizer, folder: str | Path, dtype: str | None = None) -> None:
     """Save a (possibly wrapped/sharded) model and its tokenizer to ``folder`` via temp folder + rename.
+    ``dtype``: the floating-point weights are written in it (the configured ``model.dtype``: a model trained on
+    float32 master weights is saved as the official bf16 runs save theirs); None = as they are.
 
     Every process must call this (gathering a sharded state dict is collective); only the main one writes.
     """
+    from reft_exp.models import DTYPES
+
     folder = Path(folder)
     state_dict = accelerator.get_state_dict(model)
+    if dtype is not None and state_dict is not None:
+        state_dict = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state_dict.items()}
     if accelerator.is_main_process:
         tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
         accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)

@@ -77,7 +77,7 @@ def test_hub_model_that_cannot_be_loaded_is_one_config_error_naming_the_ways_out
         assert "Hugging Face cache" in msg and "model.path=<folder>" in msg
 
 
-def test_trained_weights_are_float32_master_weights_outside_deepspeed(tiny_dir):
+def test_trained_weights_are_float32_master_weights_outside_deepspeed(tiny_dir, tmp_path):
     """AdamW updates a weight in the weight's dtype: one step at the paper's SFT lr (1e-5) on bfloat16 weights
     leaves most of them exactly as they were (the step is below bf16's rounding), while float32 master weights
     all move. So a trained model loads in float32 unless DeepSpeed keeps the master weights (ZeRO 2 / 3); frozen
@@ -104,3 +104,15 @@ def test_trained_weights_are_float32_master_weights_outside_deepspeed(tiny_dir):
     master, bf16_weights = share_moved(trainable_dtype(bf16, plain)), share_moved("bfloat16")
     print(f"share of weights moved by one AdamW step at lr 1e-5: float32 {master:.3f}, bfloat16 {bf16_weights:.3f}")
     assert master > 0.9 and bf16_weights < 0.5
+
+    # the checkpoint of master weights is written in the configured dtype, as the official bf16 runs write theirs
+    from accelerate import Accelerator
+    from safetensors import safe_open
+
+    from reft_exp.checkpoint import save_model
+
+    trained = load_causal_lm(folder, bf16, "float32")
+    save_model(Accelerator(cpu=True), trained, load_tokenizer(folder, bf16), tmp_path / "ckpt", bf16.dtype)
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert load_causal_lm(tmp_path / "ckpt", bf16, "float32").dtype == torch.float32

@@ -234,7 +234,7 @@ class RerankerTask(Task):
             atomic_write_json(folder / BEST_SCORES_FILE, self.best_scores)
 
     def finish(self, out_dir: Path, progress) -> None:
-        save_model(self.ctx.accelerator, self.model, self.tokenizer, out_dir / RERANKER_DIR)
+        save_model(self.ctx.accelerator, self.model, self.tokenizer, out_dir / RERANKER_DIR, self.ctx.cfg.model.dtype)
 
 
 def train_reranker(ctx: RunContext, rr: RerankerConfig, generator: str, examples: list[dict],

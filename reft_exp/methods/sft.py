@@ -101,7 +101,7 @@ class SupervisedTask(Task):
                 "outputs": eval_outputs(ctx.splits["test"], res)}
 
     def save_model(self, folder: Path) -> None:
-        save_model(self.ctx.accelerator, self.model, self.tokenizer, folder)
+        save_model(self.ctx.accelerator, self.model, self.tokenizer, folder, self.ctx.cfg.model.dtype)
 
 
 def saved_epochs(sft: SFTConfig) -> list[int]:

@@ -95,4 +95,4 @@ class RLTask(Task):
         return cached_greedy_eval(self.ctx, self.init_path, settings, self.evaluate, name="warmup_eval")
 
     def save_model(self, folder: Path) -> None:
-        save_model(self.ctx.accelerator, self.lm(), self.tokenizer, folder)
+        save_model(self.ctx.accelerator, self.lm(), self.tokenizer, folder, self.ctx.cfg.model.dtype)
