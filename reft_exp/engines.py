@@ -39,6 +39,22 @@ log = logging.getLogger(__name__)
 ENGINES = ("hf", "hf_static", "vllm")
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def generation_autocast(model, mixed_precision: str):
+    """Autocast to the process's mixed precision (``accelerate.mixed_precision``) while generating with a model
+    whose weights are float32 master weights (:func:`reft_exp.models.trainable_dtype`): the rollouts and
+    evaluations of a trained model then compute in bf16 as its training forward does (accelerate's autocast
+    wraps only the prepared module's forward, not the inner LM that ``generate`` runs), and as the official bf16
+    runs generate. A no-op for float32 runs and for weights already in bf16 / fp16."""
+    dtype = AUTOCAST_DTYPES.get(mixed_precision)
+    param = next(model.parameters())
+    if dtype is None or param.dtype != torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(param.device.type, dtype=dtype)
+
+
 def sampling_kwargs(do_sample: bool, temperature: float, top_k: int, top_p: float) -> dict:
     """``generate`` keyword arguments of one decoding mode, identical for every HF-based engine."""
     if do_sample:
@@ -151,8 +167,9 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, cfg: RolloutConfig | None = None):
+    def __init__(self, cfg: RolloutConfig | None = None, mixed_precision: str = "no"):
         self.cfg = cfg or RolloutConfig(engine=self.name)
+        self.mixed_precision = mixed_precision  # accelerate.mixed_precision of the process (generation_autocast)
 
     def extra_kwargs(self, model, width: int, max_new_tokens: int) -> dict:
         cache = preallocated_cache(model, width + max_new_tokens) if self.cfg.preallocate_cache else None
@@ -164,9 +181,10 @@ class HFEngine:
                  num_return_sequences: int = 1, pad_token_id: int, eos_token_id: int) -> torch.Tensor:
         kwargs = sampling_kwargs(do_sample, temperature, top_k, top_p)
         kwargs.update(self.extra_kwargs(model, input_ids.shape[1], max_new_tokens))
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                              num_return_sequences=num_return_sequences, pad_token_id=pad_token_id,
-                              eos_token_id=eos_token_id, **kwargs)
+        with generation_autocast(model, self.mixed_precision):
+            return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                  num_return_sequences=num_return_sequences, pad_token_id=pad_token_id,
+                                  eos_token_id=eos_token_id, **kwargs)
 
 
 class HFStaticEngine(HFEngine):
@@ -266,13 +284,14 @@ def _vllm_load_weights(worker, weights) -> None:  # runs inside each vLLM worker
     worker.model_runner.model.load_weights(weights)
 
 
-def make_engine(cfg: RolloutConfig | None):
-    """The engine named by ``cfg.engine`` (None = the ``hf`` baseline)."""
+def make_engine(cfg: RolloutConfig | None, mixed_precision: str = "no"):
+    """The engine named by ``cfg.engine`` (None = the ``hf`` baseline); the HF engines generate under
+    :func:`generation_autocast` of ``mixed_precision``."""
     cfg = cfg or RolloutConfig()
     if cfg.engine == "hf":
-        return HFEngine(cfg)
+        return HFEngine(cfg, mixed_precision)
     if cfg.engine == "hf_static":
-        return HFStaticEngine(cfg)
+        return HFStaticEngine(cfg, mixed_precision)
     if cfg.engine == "vllm":
         return VLLMEngine(cfg)
     raise ValueError(f"rollout.engine={cfg.engine!r} is not one of {list(ENGINES)}")

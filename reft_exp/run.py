@@ -137,7 +137,8 @@ def run_cell(cfg: RunConfig) -> dict:
         torch.set_num_threads(cfg.root.num_threads)
     accelerator = build_accelerator(cfg.accelerate)  # one device, DDP or DeepSpeed ZeRO-2/3
     distributed = describe_processes(accelerator)
-    set_default_engine(make_engine(cfg.rollout))  # generation engine of every stage (rollout.engine)
+    # generation engine of every stage (rollout.engine), computing in the training's mixed precision
+    set_default_engine(make_engine(cfg.rollout, cfg.accelerate.mixed_precision))
     set_header_prompt_end(cfg.cot.header_prompt_end)  # where P-CoT header prompts end (cot.header_prompt_end)
     # official: seed + rank (train_sft_model.py:386, train_rl_reft.py:763)
     seed_everything(cfg.root.seed + accelerator.process_index, cfg.root.deterministic)

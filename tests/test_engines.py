@@ -144,3 +144,29 @@ def test_default_engine_and_selection(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match="rollout.engine=vllm: vllm is not installed"):
         make_engine(RolloutConfig(engine="vllm"))
+
+
+@pytest.mark.parametrize("engine_name", ["hf", "hf_static"])
+def test_float32_master_weights_generate_in_the_mixed_precision(tiny, engine_name):
+    """A trained model holds float32 master weights (reft_exp.models.trainable_dtype); under
+    accelerate.mixed_precision=bf16 its generate computes in bf16 (the engines autocast), as its training forward
+    does; without mixed precision, or with weights already in bf16, nothing is cast."""
+    model, tok, records = tiny
+    prompts = [build_prompt(r["question"], "n") for r in records[:3]]
+    decoding = DecodingConfig(do_sample=False, max_new_tokens=4)
+    rollout = RolloutConfig(engine=engine_name, compile=False)
+
+    def linear_out_dtypes(m, mixed_precision: str) -> set:
+        seen: set = set()
+        hook = m.model.layers[0].mlp.down_proj.register_forward_hook(lambda mod, i, out: seen.add(out.dtype))
+        try:
+            generate_texts(m, tok, prompts, decoding, batch_size=3, engine=make_engine(rollout, mixed_precision))
+        finally:
+            hook.remove()
+        return seen
+
+    assert linear_out_dtypes(model, "bf16") == {torch.bfloat16}
+    assert linear_out_dtypes(model, "no") == {torch.float32}
+    bf16_model = load_causal_lm(tok.name_or_path, TinyModelConfig(name="tiny", kind="tiny", dtype="bfloat16"))
+    assert linear_out_dtypes(bf16_model, "bf16") == {torch.bfloat16}
+    assert next(bf16_model.parameters()).dtype == torch.bfloat16
