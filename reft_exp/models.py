@@ -27,7 +27,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from reft_exp.config import ConfigError, GgufModelConfig, HubModelConfig, ModelConfig, TinyModelConfig
+from reft_exp.config import (
+    AccelerateConfig,
+    ConfigError,
+    GgufModelConfig,
+    HubModelConfig,
+    ModelConfig,
+    TinyModelConfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +251,7 @@ def load_tokenizer(path: str | Path, cfg: ModelConfig) -> PreTrainedTokenizerBas
     return tok
 
 
-def trainable_dtype(model: ModelConfig, accelerate) -> str:
+def trainable_dtype(model: ModelConfig, accelerate: AccelerateConfig) -> str:
     """The dtype a model is loaded in when an optimizer updates it. torch's AdamW updates a weight in the weight's
     own dtype, and bfloat16 keeps 8 bits of mantissa: a step below ~1/256 of the weight is rounded away, which at
     the paper's learning rates (SFT 1e-5, ReFT 3e-7) on weights of ~0.02 is nearly every step
