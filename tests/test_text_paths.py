@@ -304,7 +304,7 @@ def _random_lm(tok):
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)
-def test_generation_paths_decode_with_the_prompt(name, tok_factory, records):
+def test_generation_paths_decode_with_the_prompt(name, tok_factory, records, executor):
     """A real (random) model through generate_texts and sample_rollout: batched left-padded greedy outputs equal
     one-at-a-time ones, header prompts give header + completion, max_length is a total over the padded batch,
     a prompt that cannot fit is a one-line ConfigError naming the key."""
@@ -343,11 +343,9 @@ def test_generation_paths_decode_with_the_prompt(name, tok_factory, records):
     from accelerate import Accelerator
 
     from reft_exp.evaluate import greedy_eval
-    from reft_exp.execute import ProgramExecutor
 
-    with ProgramExecutor(timeout_s=5) as executor:
-        res = greedy_eval(Accelerator(cpu=True), model, t, recs, AnswerSpec(cot="p"), max_new_tokens=6, batch_size=4,
-                          add_special_tokens=add, executor=executor, with_header=True, max_prompt_length=limit)
+    res = greedy_eval(Accelerator(cpu=True), model, t, recs, AnswerSpec(cot="p"), max_new_tokens=6, batch_size=4,
+                      add_special_tokens=add, executor=executor, with_header=True, max_prompt_length=limit)
     cut_prompts = [t.decode(e, skip_special_tokens=True) for e in encode_prompts(t, prompts, add, limit)]
     for row, cut_prompt, r in zip(res.predictions, cut_prompts, recs):
         kept = cut_prompt.split("\nAnswer reasoning:\n")[-1].strip()
