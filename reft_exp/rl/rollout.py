@@ -71,7 +71,7 @@ def sample_rollout(model, tokenizer, records: Sequence[dict], cot: str, max_leng
                    top_k: int, top_p: float, add_special_tokens: bool = True, engine=None, *,
                    max_prompt_length: int | None = None, length_key: str = "method.max_length") -> Rollout:
     """One sampled response per record (top_k 0 = off, as the official RL, train_rl_reft.py:280); prompt +
-    response <= ``max_length`` over the left-padded batch (upstream generate(max_length=max_gen_length),
+    response <= ``max_length`` over the left-padded batch (the official generate(max_length=max_gen_length),
     train_rl_reft.py:287).
 
     ``max_prompt_length``: prompts keep their first ``max_prompt_length`` tokens (train_rl_reft.py:169), none is
